@@ -1,0 +1,42 @@
+"""Version-sensitive TVM imports, gathered in one place (TVM 0.27 moved many modules).
+
+Everything else in the package imports TVM names from here, so a future move is a one-file change.
+"""
+import tvm
+import tvm_ffi
+from tvm import relax, te, tirx
+from tvm.sym import Analyzer
+from tvm import s_tir
+from tvm.ir import Op
+from tvm.ir.expr import Constant
+from tvm.relax import dpl
+from tvm.relax.expr_functor import PyExprMutator, mutator
+from tvm.s_tir import Schedule
+from tvm.script import relax as R
+from tvm.script import tirx as T
+
+structural_equal = tvm_ffi.structural_equal
+
+
+def runtime_tensor(array, device=None):
+    """Copy a numpy array to a device tensor (0.27: ``tvm.runtime.tensor``)."""
+    return tvm.runtime.tensor(array, device if device is not None else tvm.cpu())
+
+
+def default_relax_lowering():
+    """TVM's default Relax lowering, the one ``tvm.compile`` uses for CPU targets."""
+    return relax.pipeline.default_build_pipeline()
+
+
+__all__ = [
+    "tvm", "Analyzer", "Op", "Constant", "relax", "te", "tirx", "s_tir", "dpl", "PyExprMutator", "mutator", "Schedule",
+    "R", "T", "structural_equal", "runtime_tensor", "default_relax_lowering", "constant_value",
+]
+
+
+def constant_value(expr):
+    """The numpy value of a Relax constant (0.27: ``Constant.value``), else None."""
+    if isinstance(expr, Constant):
+        value = expr.value
+        return value.numpy() if hasattr(value, "numpy") else None
+    return None
