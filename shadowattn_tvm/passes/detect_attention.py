@@ -87,7 +87,7 @@ def _describe(cand: Candidate, plan: _Plan) -> None:
     cand.layer, cand.num_heads, cand.num_kv_heads, cand.head_dim = b.layer, b.num_heads, b.num_kv_heads, b.head_dim
     cand.causal, cand.dtype = b.causal.value, b.dtype
     cand.mask = "additive" if b.has_mask else ("causal" if b.causal != CausalMode.NONE else "none")
-    cand.q_len, cand.kv_len = str(qs[2]), str(ks[2])
+    cand.q_len, cand.kv_len = (str(P.static_int(x) if P.static_int(x) is not None else x) for x in (qs[2], ks[2]))
 
 
 class _Analyzer:

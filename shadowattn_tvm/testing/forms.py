@@ -6,12 +6,12 @@ padding form, an additive mask [B,1,1,Skv]; the output is [B,Sq,H,D].
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from .._compat import relax
-from ..block import AttentionBlock, CausalMode, KVMap
+from ..block import AttentionBlock, CausalMode, KVMap, max_keep_count
 from ..ops import reference
 
 GQA_FORMS = ("none", "repeat", "expand", "mqa_broadcast", "tile")
@@ -167,14 +167,33 @@ def random_inputs(spec: AttentionSpec, seed: int = 0) -> list:
     return [a.astype(spec.dtype) for a in arrays]
 
 
-def dense_reference(spec: AttentionSpec, inputs) -> np.ndarray:
-    """Float64 dense attention of the spec on `inputs`, in the module's [B,Sq,H,D] layout."""
+def _canonical(spec: AttentionSpec, inputs):
+    """(block, q, k, v, mask) in BHSD as the detection pass sees them."""
     block = spec.block()
     q, k, v = (x.transpose(0, 2, 1, 3) for x in inputs[:3])
     if spec.gqa == "mqa_broadcast":
-        k, v = np.repeat(k, spec.heads, 1), np.repeat(v, spec.heads, 1)
-        from dataclasses import replace
-
-        block = replace(block, num_kv_heads=spec.heads)
+        block = replace(block, num_kv_heads=1)
     mask = inputs[3] if spec.mask == "padding" else None
+    return block, q, k, v, mask
+
+
+def dense_reference(spec: AttentionSpec, inputs) -> np.ndarray:
+    """Float64 dense attention of the spec on `inputs`, in the module's [B,Sq,H,D] layout."""
+    block, q, k, v, mask = _canonical(spec, inputs)
     return reference.dense_attention(q, k, v, block, mask).transpose(0, 2, 1, 3)
+
+
+def sparse_reference(spec: AttentionSpec, inputs, ratios, k_min: int, q_scales=None, k_scales=None):
+    """What the shadowAttn build must output: numpy pilot (same int8 scores) -> top-k -> sparse.
+
+    Returns (output [B,Sq,H,D], indices [B,H,Sq,K], int32 scores). Dynamic scales unless given.
+    """
+    block, q, k, v, mask = _canonical(spec, inputs)
+    qs = reference.absmax_scale(q) if q_scales is None else np.asarray(q_scales, np.float32)
+    ks = reference.absmax_scale(k) if k_scales is None else np.asarray(k_scales, np.float32)
+    scores = reference.pilot_scores(reference.quantize(q, qs), reference.quantize(k, ks), block)
+    top_k = max_keep_count(max(ratios), k.shape[2], k_min)
+    idx = reference.topk_indices(scores, np.asarray(ratios, np.float64), block, k_min, top_k,
+                                 mask=mask, q_scale=qs, k_scale=ks)
+    out = reference.sparse_attention(q, k, v, idx, block, mask)
+    return out.transpose(0, 2, 1, 3), idx, scores

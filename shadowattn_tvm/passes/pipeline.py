@@ -1,0 +1,86 @@
+"""`pipeline()`: the shadowAttn pass set as one pass for ``tvm.compile(..., relax_pipeline=...)``.
+
+Phases (numbered as in DESIGN.md; 3 bucket and 4 schedule belong to the NPU lane and are not
+part of this pipeline yet):
+  0 canonicalize : Normalize, FoldConstant (constant masks and scales become visible)
+  1 detect       : DetectAttention  - outline attention blocks, report the rest
+  2 split        : SplitSparseAttention - pilot -> top-k -> sparse
+  5 lower        : TVM's default Relax lowering for the target (omit with lower=False)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .._compat import default_relax_lowering, relax, tvm
+from ..block import ScaleMode
+from ..calibrate.profile import ProfileError, SparsityProfile, check_keep
+from .detect_attention import DetectAttention
+from .report import AttentionReport
+from .split_sparse_attention import SplitSparseAttention
+
+
+class UnsupportedAttentionError(RuntimeError):
+    """strict=True and some attention block had to stay dense."""
+
+
+def pipeline(
+    keep: float | None = 0.2,
+    profile: SparsityProfile | None = None,
+    report: AttentionReport | None = None,
+    *,
+    k_min: int = 16,
+    scale_mode: ScaleMode | str | None = None,
+    strict: bool = False,
+    lower: bool = True,
+    dump_ir: str | Path | None = None,
+) -> tvm.transform.Pass:
+    """Build the shadowAttn pass set.
+
+    keep: global keep ratio in (0, 1] used when no profile is given (a profile carries its own).
+    profile: per-head ratios and optional static scales (`SparsityProfile`).
+    report: an `AttentionReport` to fill with every candidate block and its fate.
+    k_min: minimum keys kept per visible row.
+    scale_mode: "static" (profile scales, as an NPU graph needs), "dynamic" (absmax at run time),
+        or None: static when the profile has scales, else dynamic.
+    strict: raise `UnsupportedAttentionError` if any attention candidate stays dense.
+    lower: append TVM's default lowering (False returns the shadowAttn-level IR).
+    dump_ir: a directory; the IR after each phase is written there as TVMScript.
+    """
+    if profile is None:
+        if keep is None:
+            raise ProfileError("pass keep=<ratio in (0, 1]> or a profile")
+        profile = SparsityProfile.uniform(check_keep(keep))
+    elif keep is not None and profile.layers and keep != profile.keep:
+        raise ProfileError(
+            f"keep={keep} conflicts with the profile's keep={profile.keep}: pass keep=None to use the profile"
+        )
+    report = report if report is not None else AttentionReport()
+    scale_mode = None if scale_mode is None else ScaleMode(scale_mode)
+    phases = [
+        ("0_canonicalize", tvm.transform.Sequential([relax.transform.Normalize(), relax.transform.FoldConstant()])),
+        ("1_detect", DetectAttention(report)),
+        ("2_split", SplitSparseAttention(profile, k_min=k_min, scale_mode=scale_mode)),
+    ]
+    dump_dir = Path(dump_ir) if dump_ir is not None else None
+
+    @tvm.transform.module_pass(opt_level=0, name="ShadowAttnPipeline")
+    def _pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        report.clear()
+        for name, phase in phases:
+            mod = phase(mod)
+            if dump_dir is not None:
+                dump_dir.mkdir(parents=True, exist_ok=True)
+                (dump_dir / f"{name}.py").write_text(mod.script(show_meta=False))
+        if strict and report.dense:
+            raise UnsupportedAttentionError(
+                "attention blocks left dense (strict=True):\n"
+                + "\n".join(f"  {c.function}: {c.reason}" for c in report.dense)
+            )
+        if lower:
+            target = tvm.target.Target.current(allow_none=True)
+            lowering = default_relax_lowering() if target is None or "cpu" in target.keys else relax.get_default_pipeline(target)
+            mod = lowering(mod)
+        return mod
+
+    _pipeline.report = report  # type: ignore[attr-defined]
+    return _pipeline

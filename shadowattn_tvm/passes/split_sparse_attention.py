@@ -1,0 +1,157 @@
+"""SplitSparseAttention: each attention composite becomes pilot -> top-k -> sparse attention.
+
+Phase 2 of the shadowAttn pipeline; runs after `DetectAttention`. For every call of a composite
+(``shadowattn.kind == "attention"``) it emits:
+
+* ``sat_pilot_L<i>(q, k) -> (scores int32, q_scale[H], k_scale[Hkv])``: a Relax function (the
+  NPU graph of later phases) that quantises Q and K to int8 with per-head scales, static
+  (constants from the profile) or dynamic (absmax/127 at run time), and computes Q·Kᵀ;
+* a top-k ``call_tir`` keeping, per head and query row, k = min(L, max(k_min, ceil(r_h·L)))
+  of the L visible keys, with r_h the head's keep ratio from the profile;
+* a sparse-attention ``call_tir`` gathering those K/V rows.
+
+Kernels come from `ops/` and are scheduled for the current target by `schedules/`. The dense
+composite is dropped when unused, so running the pass twice changes nothing.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .._compat import PyExprMutator, mutator, relax, tvm
+from ..block import AttentionBlock, ScaleMode, max_keep_count
+from ..calibrate.profile import ProfileError, SparsityProfile
+from ..ops import pilot as pilot_ops
+from ..ops import quantize as quant_ops
+from ..ops import sparse_attention as sparse_ops
+from ..ops import topk as topk_ops
+from .. import schedules
+from .detect_attention import COMPOSITE_KIND
+
+PILOT_KIND = "pilot"
+
+
+@tvm.transform.module_pass(opt_level=0, name="SplitSparseAttention")
+class SplitSparseAttention:
+    """Replace attention composites by the pilot / top-k / sparse triple."""
+
+    def __init__(self, profile: SparsityProfile, k_min: int = 16, scale_mode: ScaleMode | None = None):
+        if not isinstance(profile, SparsityProfile):
+            raise TypeError(f"profile must be a SparsityProfile, got {type(profile).__name__}")
+        if int(k_min) < 1:
+            raise ValueError(f"k_min={k_min} must be >= 1: every visible row keeps at least one key")
+        self.profile, self.k_min = profile, int(k_min)
+        self.scale_mode = None if scale_mode is None else ScaleMode(scale_mode)
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        composites = {gv for gv, f in mod.functions.items() if _kind(f) == COMPOSITE_KIND}
+        if not composites:
+            return mod
+        target = tvm.target.Target.current(allow_none=True)
+        mod = _Splitter(mod, composites, self, schedules.for_target(target)).transform()
+        return relax.transform.DeadCodeElimination()(mod)
+
+    def layer_settings(self, block: AttentionBlock):
+        """(ratios, q_scales, k_scales, mode) for one block, checked against the profile."""
+        layer = self.profile.layer(block.layer, block.num_heads, block.num_kv_heads)
+        mode = self.scale_mode or (ScaleMode.STATIC if layer.has_scales else ScaleMode.DYNAMIC)
+        if mode == ScaleMode.STATIC and not layer.has_scales:
+            raise ProfileError(
+                f"scale_mode='static' needs per-head q_scales/k_scales for layer {block.layer}, and the "
+                "profile has none: calibrate a profile, or use scale_mode='dynamic'"
+            )
+        return layer.ratios, layer.q_scales, layer.k_scales, mode
+
+
+def _kind(func):
+    attrs = getattr(func, "attrs", None)
+    return str(attrs["shadowattn.kind"]) if attrs is not None and "shadowattn.kind" in attrs else None
+
+
+@mutator
+class _Splitter(PyExprMutator):
+    def __init__(self, mod, composites, owner: SplitSparseAttention, sched):
+        super().__init__(mod)
+        self.mod, self.composites, self.owner, self.sched = mod, composites, owner, sched
+
+    def transform(self) -> tvm.IRModule:
+        for gv, func in self.mod.functions.items():
+            if isinstance(func, relax.Function) and gv not in self.composites:
+                self.builder_.update_func(gv, self.visit_expr(func))
+        return self.builder_.get()
+
+    def visit_call_(self, call):
+        call = super().visit_call_(call)
+        if not (isinstance(call.op, relax.GlobalVar) and call.op in self.composites):
+            return call
+        block = AttentionBlock.from_attrs(self.mod[call.op].attrs)
+        ratios, q_scales, k_scales, mode = self.owner.layer_settings(block)
+        q, k, v = call.args[:3]
+        mask = call.args[3] if block.has_mask else None
+        pilot_gv = self.builder_.add_func(self._pilot(block, q.ty, k.ty, mode, q_scales, k_scales),
+                                          f"sat_pilot_L{block.layer}")
+        pilot = self.builder_.emit(relax.Call(pilot_gv, [q, k]), name_hint="pilot")
+        scores, q_scale, k_scale = (self.builder_.emit(relax.TupleGetItem(pilot, i)) for i in range(3))
+        idx = self.builder_.emit(self._topk(block, scores, ratios, q_scale, k_scale, mask), name_hint="topk_idx")
+        return self._sparse(block, q, k, v, idx, mask)
+
+    # ------------------------------------------------------------------ the three stages
+    def _pilot(self, block, q_ty, k_ty, mode, q_scales, k_scales) -> relax.Function:
+        qv, kv = relax.Var("q", q_ty), relax.Var("k", k_ty)
+        q_shape, k_shape = list(q_ty.shape.values), list(k_ty.shape.values)
+        q8_ty = relax.TensorType(q_shape, "int8")
+        k8t_ty = relax.TensorType(k_shape[:2] + [k_shape[3], k_shape[2]], "int8")
+        scores_ty = relax.TensorType(q_shape[:3] + [k_shape[2]], "int32")
+        bb, add = relax.BlockBuilder(), self.builder_.add_func
+        with bb.function("pilot", [qv, kv], private=True):
+            with bb.dataflow():
+                if mode == ScaleMode.STATIC:
+                    qs = relax.const(np.asarray(q_scales, "float32"))
+                    ks = relax.const(np.asarray(k_scales, "float32"))
+                else:
+                    absmax_q = add(self.sched.schedule_absmax(quant_ops.absmax_scale(q_shape, block.dtype)), "sat_absmax")
+                    absmax_k = add(self.sched.schedule_absmax(quant_ops.absmax_scale(k_shape, block.dtype)), "sat_absmax")
+                    qs = bb.emit(relax.call_tir(absmax_q, [qv], relax.TensorType([block.num_heads], "float32")))
+                    ks = bb.emit(relax.call_tir(absmax_k, [kv], relax.TensorType([block.num_kv_heads], "float32")))
+                quant_q = add(self.sched.schedule_quantize(quant_ops.quantize(q_shape, block.dtype)), "sat_quantize")
+                quant_k = add(self.sched.schedule_quantize(quant_ops.quantize(k_shape, block.dtype, transpose=True)),
+                              "sat_quantize_t")
+                qk = add(self.sched.schedule_pilot(pilot_ops.pilot_scores(block, q_shape, k_shape[2])), "sat_pilot_qk")
+                q8 = bb.emit(relax.call_tir(quant_q, [qv, qs], q8_ty))
+                k8t = bb.emit(relax.call_tir(quant_k, [kv, ks], k8t_ty))
+                scores = bb.emit(relax.call_tir(qk, [q8, k8t], scores_ty))
+                out = bb.emit_output(relax.Tuple([scores, qs, ks]))
+            bb.emit_func_output(out)
+        func = bb.get()["pilot"]
+        attrs = {"shadowattn.kind": PILOT_KIND, "shadowattn.scale_mode": mode.value, **block.to_attrs()}
+        for key, value in attrs.items():
+            func = func.with_attr(key, value)
+        return relax.utils.copy_with_new_vars(func)
+
+    def _topk(self, block, scores, ratios, q_scale, k_scale, mask):
+        shape = list(scores.ty.shape.values)
+        top_k = max_keep_count(max(ratios), _int_or_expr(shape[3]), self.owner.k_min)
+        ratio = relax.const(np.asarray(ratios, "float64"), "float64")
+        mask_shape = None if mask is None else list(mask.ty.shape.values)
+        func = topk_ops.topk_indices(block, self.owner.k_min, mask_shape)
+        gv = self.builder_.add_func(func, "sat_topk_masked" if mask is not None else "sat_topk")
+        args = [scores, ratio] + ([q_scale, k_scale, mask] if mask is not None else [])
+        return relax.call_tir(gv, args, relax.TensorType(shape[:3] + [top_k], "int32"))
+
+    def _sparse(self, block, q, k, v, idx, mask):
+        q_shape, k_shape, v_shape = (list(x.ty.shape.values) for x in (q, k, v))
+        top_k = idx.ty.shape.values[3]
+        mask_shape = None if mask is None else list(mask.ty.shape.values)
+        func = sparse_ops.sparse_attention(block, q_shape, k_shape[2], v_shape[3], top_k, mask_shape)
+        gv = self.builder_.add_func(self.sched.schedule_sparse_attention(func), "sat_sparse_attention")
+        args = [q, k, v, idx] + ([mask] if mask is not None else [])
+        return relax.call_tir(gv, args, relax.TensorType(q_shape[:3] + [v_shape[3]], block.dtype))
+
+
+def _int_or_expr(dim):
+    from .patterns import static_int
+
+    value = static_int(dim)
+    return value if value is not None else dim
+
+
+__all__ = ["SplitSparseAttention", "PILOT_KIND"]
