@@ -1,0 +1,27 @@
+"""Shared helpers: compile a Relax module for the host and run its `main`."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+HOST = tvm.target.Target({"kind": "llvm", "num-cores": 2})
+
+
+def run_module(mod_or_ex, inputs, relax_pipeline="default"):
+    ex = mod_or_ex if not isinstance(mod_or_ex, tvm.IRModule) else tvm.compile(
+        mod_or_ex, target=HOST, relax_pipeline=relax_pipeline)
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    return vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(x)) for x in inputs]).numpy()
+
+
+def build_prim(func):
+    if func.attrs is None or "global_symbol" not in func.attrs:
+        func = func.with_attr("global_symbol", "main")  # the passes name kernels; alone it needs one
+    return tvm.compile(func, target=HOST)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)

@@ -1,0 +1,120 @@
+"""sat.pipeline() end to end through tvm.compile: numerics, idempotency, options and errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+import tvm_ffi
+
+import shadowattn_tvm as sat
+from shadowattn_tvm.calibrate import LayerProfile, ProfileError, SparsityProfile
+from shadowattn_tvm.testing import (AttentionSpec, attention_module, dense_reference, random_inputs,
+                                    sparse_reference)
+
+from ..conftest import run_module
+from .test_detect_attention import FORMS, _ids, _softmax_module
+from .test_split_sparse_attention import PASS_ERROR
+
+
+def _tol(spec):
+    return 2e-3 if spec.dtype == "float16" else 2e-5
+
+
+@pytest.mark.parametrize("spec", FORMS, ids=_ids)
+def test_keep_one_equals_dense(spec):
+    inputs = random_inputs(spec)
+    report = sat.AttentionReport()
+    out = run_module(attention_module(spec), inputs, sat.pipeline(keep=1.0, report=report))
+    assert report.summary() == "1/1 attention blocks rewritten"
+    np.testing.assert_allclose(out.astype("float64"), dense_reference(spec, inputs), rtol=_tol(spec), atol=_tol(spec))
+
+
+SPARSE_FORMS = [
+    AttentionSpec(q_len=64, head_dim=32),
+    AttentionSpec(q_len=48, gqa="tile", mask="padding", batch=2),
+    AttentionSpec(q_len=16, kv_len=80, mask="causal_where", heads=6, kv_heads=3),
+    AttentionSpec(q_len=64, dtype="float16", gqa="expand"),
+    AttentionSpec(q_len=64, form="nn.attention", gqa="none", mask="none"),
+    AttentionSpec(q_len=64, gqa="mqa_broadcast", mask="causal_top_left", kv_len=96),
+]
+
+
+@pytest.mark.parametrize("spec", SPARSE_FORMS, ids=_ids)
+def test_keep_below_one_equals_numpy_reference(spec):
+    inputs = random_inputs(spec, seed=3)
+    out = run_module(attention_module(spec), inputs, sat.pipeline(keep=0.2, k_min=4))
+    expected, _, _ = sparse_reference(spec, inputs, [0.2] * spec.heads, k_min=4)
+    np.testing.assert_allclose(out.astype("float64"), expected, rtol=_tol(spec), atol=_tol(spec))
+    dense = dense_reference(spec, inputs)
+    assert np.abs(out - dense).max() > 10 * _tol(spec), "keep 0.2 should differ from dense on random data"
+
+
+def test_per_head_ratios_and_static_scales():
+    spec = AttentionSpec(q_len=64, head_dim=32)
+    ratios, qs, ks = (0.1, 0.3, 0.5, 1.0), (0.03, 0.02, 0.025, 0.04), (0.03, 0.035)
+    profile = SparsityProfile(keep=0.2, layers=(LayerProfile(ratios, qs, ks),))
+    inputs = random_inputs(spec, seed=5)
+    out = run_module(attention_module(spec), inputs, sat.pipeline(keep=None, profile=profile, k_min=2))
+    expected, idx, _ = sparse_reference(spec, inputs, ratios, k_min=2, q_scales=qs, k_scales=ks)
+    np.testing.assert_allclose(out, expected, rtol=2e-5, atol=2e-5)
+    kept = (idx >= 0).sum(-1).mean(-1)[0]
+    assert kept[0] < kept[1] < kept[2] < kept[3]  # the per-head ratios reach the kernel
+
+
+def test_symbolic_length_runs_at_several_lengths():
+    spec = AttentionSpec(symbolic=True, mask="causal_where", gqa="expand")
+    ex = tvm.compile(attention_module(spec), target="llvm", relax_pipeline=sat.pipeline(keep=0.3, k_min=2))
+    for n in (5, 33, 70):
+        s = AttentionSpec(q_len=n, mask="causal_where", gqa="expand")
+        inputs = random_inputs(s, seed=n)
+        out = run_module(ex, inputs)
+        expected, _, _ = sparse_reference(s, inputs, [0.3] * 4, k_min=2)
+        np.testing.assert_allclose(out, expected, rtol=2e-5, atol=2e-5)
+
+
+def test_pipeline_is_idempotent():
+    mod = attention_module(AttentionSpec(gqa="expand"))
+    once = sat.pipeline(keep=0.2, lower=False)(mod)
+    twice = sat.pipeline(keep=0.2, lower=False)(once)
+    assert tvm_ffi.structural_equal(once, twice)
+
+
+def test_non_attention_module_compiles_as_before():
+    x = tvm.relax.Var("x", tvm.relax.TensorType((4, 8), "float32"))
+    bb = tvm.relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(tvm.relax.op.nn.softmax(tvm.relax.op.multiply(x, x), axis=-1))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    data = [np.random.default_rng(0).standard_normal((4, 8)).astype("float32")]
+    np.testing.assert_array_equal(run_module(mod, data, sat.pipeline(keep=0.2)), run_module(mod, data))
+
+
+@pytest.mark.parametrize("keep", [0, 1.5, -0.2])
+def test_keep_outside_unit_interval(keep):
+    with pytest.raises(ProfileError, match=r"outside \(0, 1\]"):
+        sat.pipeline(keep=keep)
+
+
+def test_keep_conflicting_with_profile():
+    profile = SparsityProfile(keep=0.3, layers=(LayerProfile((0.3,) * 4),))
+    with pytest.raises(ProfileError, match="conflicts with the profile"):
+        sat.pipeline(keep=0.2, profile=profile)
+
+
+def test_strict_mode_names_the_dense_block():
+    mod = _softmax_module(lambda s, q: tvm.relax.op.nn.relu(s))
+    with pytest.raises(PASS_ERROR, match="unsupported op relax.nn.relu"):
+        tvm.compile(mod, target="llvm", relax_pipeline=sat.pipeline(keep=0.2, strict=True))
+    report = sat.AttentionReport()  # the default keeps it dense and says so
+    tvm.compile(mod, target="llvm", relax_pipeline=sat.pipeline(keep=0.2, report=report))
+    assert report.summary() == "0/1 attention blocks rewritten"
+
+
+def test_dump_ir_writes_each_phase(tmp_path):
+    sat.pipeline(keep=0.2, dump_ir=tmp_path, lower=False)(attention_module(AttentionSpec()))
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["0_canonicalize.py", "1_detect.py", "2_split.py"]
+    assert "sat_attention_L0" in (tmp_path / "1_detect.py").read_text()
+    assert "sat_pilot_L0" in (tmp_path / "2_split.py").read_text()
