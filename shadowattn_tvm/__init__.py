@@ -6,11 +6,11 @@
 from .block import AttentionBlock, CausalMode, KVMap, ScaleMode
 from .calibrate import LayerProfile, ProfileError, SparsityProfile
 from .passes import (AttentionReport, DetectAttention, SplitSparseAttention, UnsupportedAttentionError,
-                     pipeline)
+                     lowering, pipeline)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "pipeline", "DetectAttention", "SplitSparseAttention", "AttentionReport", "UnsupportedAttentionError",
+    "pipeline", "lowering", "DetectAttention", "SplitSparseAttention", "AttentionReport", "UnsupportedAttentionError",
     "SparsityProfile", "LayerProfile", "ProfileError", "AttentionBlock", "CausalMode", "KVMap", "ScaleMode",
 ]

@@ -4,7 +4,7 @@ Everything else in the package imports TVM names from here, so a future move is 
 """
 import tvm
 import tvm_ffi
-from tvm import relax, te, tirx
+from tvm import relax, rpc, te, tirx
 from tvm.sym import Analyzer
 from tvm import s_tir
 from tvm.ir import Op
@@ -23,14 +23,9 @@ def runtime_tensor(array, device=None):
     return tvm.runtime.tensor(array, device if device is not None else tvm.cpu())
 
 
-def default_relax_lowering():
-    """TVM's default Relax lowering, the one ``tvm.compile`` uses for CPU targets."""
-    return relax.pipeline.default_build_pipeline()
-
-
 __all__ = [
-    "tvm", "Analyzer", "Op", "Constant", "relax", "te", "tirx", "s_tir", "dpl", "PyExprMutator", "mutator", "Schedule",
-    "R", "T", "structural_equal", "runtime_tensor", "default_relax_lowering", "constant_value",
+    "tvm", "rpc", "Analyzer", "Op", "Constant", "relax", "te", "tirx", "s_tir", "dpl", "PyExprMutator", "mutator", "Schedule",
+    "R", "T", "structural_equal", "runtime_tensor", "constant_value",
 ]
 
 

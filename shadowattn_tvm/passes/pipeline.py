@@ -5,18 +5,53 @@ part of this pipeline yet):
   0 canonicalize : Normalize, FoldConstant (constant masks and scales become visible)
   1 detect       : DetectAttention  - outline attention blocks, report the rest
   2 split        : SplitSparseAttention - pilot -> top-k -> sparse
-  5 lower        : TVM's default Relax lowering for the target (omit with lower=False)
+  5 lower        : TVM's default Relax lowering for the target, plus, on CPUs, a default
+                   schedule for every kernel that has none (`lowering()`; omit with lower=False)
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from .._compat import default_relax_lowering, relax, tvm
+from .._compat import relax, tvm
 from ..block import ScaleMode
 from ..calibrate.profile import ProfileError, SparsityProfile, check_keep
 from .detect_attention import DetectAttention
 from .report import AttentionReport
+from .schedule_default_cpu import ScheduleDefaultCPU
 from .split_sparse_attention import SplitSparseAttention
+
+
+def lowering(target=None) -> tvm.transform.Pass:
+    """Phase 5: TVM's default Relax lowering, with `ScheduleDefaultCPU` after LegalizeOps on CPUs.
+
+    Usable alone for a scheduled dense build: ``tvm.compile(mod, relax_pipeline=sat.lowering())``.
+    """
+
+    @tvm.transform.module_pass(opt_level=0, name="ShadowAttnLowering")
+    def _lower(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        tgt = target or tvm.target.Target.current(allow_none=True)
+        if tgt is not None and "cpu" not in tgt.keys:
+            return relax.get_default_pipeline(tgt)(mod)
+        seq = [
+            relax.backend.DispatchSampling(),
+            relax.backend.DispatchSortScan(),
+            relax.transform.LegalizeOps(),
+            ScheduleDefaultCPU(),
+            relax.transform.RewriteDataflowReshape(),
+            relax.transform.ToNonDataflow(),
+            relax.transform.RemovePurityChecking(),
+            relax.transform.CallTIRRewrite(),
+            relax.transform.StaticPlanBlockMemory(),
+            relax.transform.LowerAllocTensor(),
+            relax.transform.KillAfterLastUse(),
+            relax.transform.LowerRuntimeBuiltin(),
+            relax.transform.ComputePrimValue(),
+            relax.transform.VMShapeLower(),
+            relax.transform.AttachGlobalSymbol(),
+        ]
+        return tvm.transform.Sequential(seq)(mod)
+
+    return _lower
 
 
 class UnsupportedAttentionError(RuntimeError):
@@ -77,9 +112,7 @@ def pipeline(
                 + "\n".join(f"  {c.function}: {c.reason}" for c in report.dense)
             )
         if lower:
-            target = tvm.target.Target.current(allow_none=True)
-            lowering = default_relax_lowering() if target is None or "cpu" in target.keys else relax.get_default_pipeline(target)
-            mod = lowering(mod)
+            mod = lowering()(mod)
         return mod
 
     _pipeline.report = report  # type: ignore[attr-defined]

@@ -94,6 +94,12 @@ class _Splitter(PyExprMutator):
         idx = self.builder_.emit(self._topk(block, scores, ratios, q_scale, k_scale, mask), name_hint="topk_idx")
         return self._sparse(block, q, k, v, idx, mask)
 
+    def _add_kernel(self, func, name):
+        """Add a PrimFunc once (structurally equal kernels are shared across layers)."""
+        if func.attrs is not None and "global_symbol" in func.attrs:
+            func = func.without_attr("global_symbol")  # AttachGlobalSymbol names it after `name`
+        return self.builder_.add_func(func, name)
+
     # ------------------------------------------------------------------ the three stages
     def _pilot(self, block, q_ty, k_ty, mode, q_scales, k_scales) -> relax.Function:
         qv, kv = relax.Var("q", q_ty), relax.Var("k", k_ty)
@@ -101,7 +107,7 @@ class _Splitter(PyExprMutator):
         q8_ty = relax.TensorType(q_shape, "int8")
         k8t_ty = relax.TensorType(k_shape[:2] + [k_shape[3], k_shape[2]], "int8")
         scores_ty = relax.TensorType(q_shape[:3] + [k_shape[2]], "int32")
-        bb, add = relax.BlockBuilder(), self.builder_.add_func
+        bb, add = relax.BlockBuilder(), self._add_kernel
         with bb.function("pilot", [qv, kv], private=True):
             with bb.dataflow():
                 if mode == ScaleMode.STATIC:
@@ -133,7 +139,7 @@ class _Splitter(PyExprMutator):
         ratio = relax.const(np.asarray(ratios, "float64"), "float64")
         mask_shape = None if mask is None else list(mask.ty.shape.values)
         func = topk_ops.topk_indices(block, self.owner.k_min, mask_shape)
-        gv = self.builder_.add_func(func, "sat_topk_masked" if mask is not None else "sat_topk")
+        gv = self._add_kernel(func, "sat_topk_masked" if mask is not None else "sat_topk")
         args = [scores, ratio] + ([q_scale, k_scale, mask] if mask is not None else [])
         return relax.call_tir(gv, args, relax.TensorType(shape[:3] + [top_k], "int32"))
 
@@ -142,7 +148,7 @@ class _Splitter(PyExprMutator):
         top_k = idx.ty.shape.values[3]
         mask_shape = None if mask is None else list(mask.ty.shape.values)
         func = sparse_ops.sparse_attention(block, q_shape, k_shape[2], v_shape[3], top_k, mask_shape)
-        gv = self.builder_.add_func(self.sched.schedule_sparse_attention(func), "sat_sparse_attention")
+        gv = self._add_kernel(self.sched.schedule_sparse_attention(func), "sat_sparse_attention")
         args = [q, k, v, idx] + ([mask] if mask is not None else [])
         return relax.call_tir(gv, args, relax.TensorType(q_shape[:3] + [v_shape[3]], block.dtype))
 

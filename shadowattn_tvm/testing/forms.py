@@ -6,7 +6,7 @@ padding form, an additive mask [B,1,1,Skv]; the output is [B,Sq,H,D].
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -42,9 +42,10 @@ class AttentionSpec:
         """The canonical block detection should find (mask-free forms only)."""
         causal = {"none": CausalMode.NONE, "padding": CausalMode.NONE,
                   "causal_top_left": CausalMode.TOP_LEFT}.get(self.mask, CausalMode.BOTTOM_RIGHT)
-        kv_heads = self.heads if self.gqa == "none" else self.kv_heads
+        kv_heads = {"none": self.heads, "mqa_broadcast": 1}.get(self.gqa, self.kv_heads)
+        scale = 1.0 if self.scale == "none" and self.form == "softmax" else 1.0 / math.sqrt(self.head_dim)
         return AttentionBlock(layer=0, num_heads=self.heads, num_kv_heads=kv_heads, head_dim=self.head_dim,
-                              causal=causal, scale=1.0 / math.sqrt(self.head_dim), dtype=self.dtype,
+                              causal=causal, scale=scale, dtype=self.dtype,
                               kv_map=KVMap.TILE if self.gqa == "tile" else KVMap.INTERLEAVE,
                               has_mask=self.mask == "padding")
 
@@ -171,8 +172,6 @@ def _canonical(spec: AttentionSpec, inputs):
     """(block, q, k, v, mask) in BHSD as the detection pass sees them."""
     block = spec.block()
     q, k, v = (x.transpose(0, 2, 1, 3) for x in inputs[:3])
-    if spec.gqa == "mqa_broadcast":
-        block = replace(block, num_kv_heads=1)
     mask = inputs[3] if spec.mask == "padding" else None
     return block, q, k, v, mask
 

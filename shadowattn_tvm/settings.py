@@ -1,0 +1,77 @@
+"""Every environment variable shadowattn-tvm reads, declared once, typed, with its default.
+
+Read a setting with ``settings.CACHE_DIR.get()``: values are looked up at call time, so tests can
+``monkeypatch.setenv`` and a long-running process sees changes. Nothing else in the package calls
+``os.environ`` for its own configuration (a child process's environment is built, not read, there).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Generic, TypeVar
+
+V = TypeVar("V")
+
+
+@dataclass(frozen=True)
+class Setting(Generic[V]):
+    """One environment variable: its name, how to parse it, its default and what it is for."""
+
+    name: str
+    parse: Callable[[str], V]
+    default: Callable[[], V]
+    doc: str
+
+    def get(self) -> V:
+        raw = os.environ.get(self.name)
+        if raw is None or raw == "":
+            return self.default()
+        try:
+            return self.parse(raw)
+        except ValueError as err:
+            raise ValueError(f"environment variable {self.name}={raw!r} is invalid: {err}") from None
+
+    def is_set(self) -> bool:
+        return bool(os.environ.get(self.name))
+
+
+def _path(raw: str) -> Path:
+    return Path(raw).expanduser()
+
+
+def _port(raw: str) -> int:
+    port = int(raw)
+    if not 0 < port < 65536:
+        raise ValueError("a TCP port is 1..65535")
+    return port
+
+
+CACHE_DIR: Setting[Path] = Setting(
+    "SHADOWATTN_CACHE", _path, lambda: Path.home() / ".cache" / "shadowattn",
+    "root of shadowattn's download and build caches (the emulated phone's sysroot lives under it)",
+)
+PHONE_STATE: Setting[Path] = Setting(
+    "SHADOWATTN_PHONE_STATE", _path, lambda: CACHE_DIR.get() / "emulated-phone" / "state.json",
+    "state file of the running emulated phone (PIDs, ports, key); `shadowattn emulated-phone stop` reads it",
+)
+TRACKER_HOST: Setting[str] = Setting(
+    "TVM_TRACKER_HOST", str, lambda: "127.0.0.1",
+    "RPC tracker host used when --rpc-tracker is not given (TVM's own convention)",
+)
+TRACKER_PORT: Setting[int] = Setting(
+    "TVM_TRACKER_PORT", _port, lambda: 9190,
+    "RPC tracker port used when --rpc-tracker is not given (TVM's own convention)",
+)
+
+ALL: tuple[Setting, ...] = (CACHE_DIR, PHONE_STATE, TRACKER_HOST, TRACKER_PORT)
+
+
+def cache_dir() -> Path:
+    """The cache root (``SHADOWATTN_CACHE``, default ``~/.cache/shadowattn``); not created here."""
+    return CACHE_DIR.get()
+
+
+def describe() -> str:
+    """One line per setting: name, current value, meaning (for --help epilogs and bug reports)."""
+    return "\n".join(f"{s.name}={s.get()}  # {s.doc}" for s in ALL)
