@@ -40,8 +40,12 @@ class LayerProfile:
     """One attention layer: keep ratio per query head, optional static scales per head."""
 
     ratios: tuple
-    q_scales: tuple | None = None  # per query head
+    q_scales: tuple | None = None  # per query head: calibrated mean of absmax/127
     k_scales: tuple | None = None  # per KV head
+    v_scales: tuple | None = None  # per KV head (INT8 dense baseline only)
+    q_scale_std: tuple | None = None  # spread of the per-window scales (NPU bucketing)
+    k_scale_std: tuple | None = None
+    importance: tuple | None = None  # calibrated per-head share, to re-target another keep ratio
 
     def __post_init__(self):
         object.__setattr__(self, "ratios", tuple(check_keep(r, "head keep ratio") for r in self.ratios))
@@ -50,10 +54,22 @@ class LayerProfile:
         if self.q_scales is not None:
             object.__setattr__(self, "q_scales", _check_scales(self.q_scales, "q_scales"))
             object.__setattr__(self, "k_scales", _check_scales(self.k_scales, "k_scales"))
+        if self.v_scales is not None:
+            object.__setattr__(self, "v_scales", _check_scales(self.v_scales, "v_scales"))
+        for name in ("q_scale_std", "k_scale_std", "importance"):
+            value = getattr(self, name)
+            if value is not None:
+                value = tuple(float(x) for x in value)
+                if not all(math.isfinite(x) and x >= 0 for x in value):
+                    raise ProfileError(f"{name} must be finite and >= 0, got {value[:4]}")
+                object.__setattr__(self, name, value)
 
     @property
     def has_scales(self) -> bool:
         return self.q_scales is not None
+
+
+_LAYER_FIELDS = ("ratios", "q_scales", "k_scales", "v_scales", "q_scale_std", "k_scale_std", "importance")
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,30 @@ class SparsityProfile:
     def uniform(cls, keep: float) -> "SparsityProfile":
         """The same ratio for every head of every layer, dynamic scales."""
         return cls(keep=keep)
+
+    def retarget(self, keep: float, uniform: bool = False) -> "SparsityProfile":
+        """The same calibration at another global keep ratio (or uniform ratios, same scales)."""
+        from dataclasses import replace
+
+        from .importance import allocate_ratios
+
+        keep = check_keep(keep)
+        if not self.layers:
+            return SparsityProfile.uniform(keep)
+        if uniform:
+            layers = [replace(l, ratios=(keep,) * len(l.ratios)) for l in self.layers]
+        else:
+            if any(l.importance is None for l in self.layers):
+                raise ProfileError("this profile has no per-head importance: re-run calibration to retarget it")
+            ratios = allocate_ratios([l.importance for l in self.layers], keep)
+            layers = [replace(l, ratios=tuple(r)) for l, r in zip(self.layers, ratios)]
+        return SparsityProfile(keep=keep, layers=tuple(layers), model=self.model)
+
+    def check_model(self, fingerprint: str) -> None:
+        """Refuse to apply a profile calibrated on another model."""
+        if self.model and fingerprint and self.model != fingerprint:
+            raise ProfileError(f"this profile was calibrated for model {self.model}, not {fingerprint}: "
+                               "calibrate one for this model with `shadowattn calibrate`")
 
     def layer(self, index: int, num_heads: int, num_kv_heads: int) -> LayerProfile:
         """The profile of attention layer `index`, checked against the layer's head counts."""
@@ -100,11 +140,8 @@ class SparsityProfile:
             "version": PROFILE_VERSION,
             "keep": self.keep,
             "model": self.model,
-            "layers": [
-                {"ratios": list(l.ratios), "q_scales": l.q_scales and list(l.q_scales),
-                 "k_scales": l.k_scales and list(l.k_scales)}
-                for l in self.layers
-            ],
+            "layers": [{name: (list(getattr(l, name)) if getattr(l, name) is not None else None)
+                        for name in _LAYER_FIELDS} for l in self.layers],
         }
 
     @classmethod
@@ -116,9 +153,8 @@ class SparsityProfile:
                 "re-create it with `shadowattn calibrate`"
             )
         try:
-            layers = tuple(
-                LayerProfile(tuple(l["ratios"]), l.get("q_scales"), l.get("k_scales")) for l in data["layers"]
-            )
+            layers = tuple(LayerProfile(tuple(l["ratios"]), **{k: l.get(k) for k in _LAYER_FIELDS[1:]})
+                           for l in data["layers"])
             return cls(keep=data["keep"], layers=layers, model=data.get("model", ""))
         except (KeyError, TypeError) as err:
             raise ProfileError(f"malformed profile: missing or wrong field {err}") from err

@@ -50,7 +50,7 @@ class DetectAttention:
             func = mod[gv]
             if not isinstance(func, relax.Function) or func.attrs and "shadowattn.kind" in func.attrs:
                 continue
-            for var, plan_or_reason, form, root in _Analyzer(func).candidates():
+            for var, plan_or_reason, form, root in _Analyzer(func, mod).candidates():
                 cand = Candidate(function=gv.name_hint, form=form, status="dense")
                 if isinstance(plan_or_reason, str):
                     cand.reason = plan_or_reason
@@ -93,8 +93,9 @@ def _describe(cand: Candidate, plan: _Plan) -> None:
 class _Analyzer:
     """Makes a `_Plan` (or a reason to stay dense) for each candidate binding of one function."""
 
-    def __init__(self, func: relax.Function):
-        self.func = func
+    def __init__(self, func: relax.Function, mod: tvm.IRModule):
+        self.func, self.mod = func, mod
+        self._mask_cache = {}  # one evaluation per mask expression shared by many layers
         self.var2val = relax.analysis.get_var2val(func)
         self.softmax_pat, _ = P.softmax_attention_pattern()
         self.fused_pat, _ = P.fused_attention_pattern()
@@ -196,10 +197,17 @@ class _Analyzer:
             if found is not None:
                 return found, None
         elif chain.mask_const is None and causal == CausalMode.NONE and chain.mask_scale > 0:
-            found = {P.classify_constant_mask(value, n_q, n_kv)
-                     for value, n_q, n_kv in evaluate_closed_mask(chain.mask, self.var2val, sq, skv)}
-            if len(found) == 1 and None not in found:
-                return found.pop(), None
+            key = chain.mask if isinstance(chain.mask, relax.Var) else None
+            if key is None or key not in self._mask_cache:
+                found = {P.classify_constant_mask(value, n_q, n_kv)
+                         for value, n_q, n_kv in evaluate_closed_mask(chain.mask, self.var2val, sq, skv, self.mod)}
+                mode = found.pop() if len(found) == 1 else None
+                if key is not None:
+                    self._mask_cache[key] = mode
+            else:
+                mode = self._mask_cache[key]
+            if mode is not None:
+                return mode, None
         mask = chain.mask
         if len(mshape) < 4:
             mask = relax.op.reshape(mask, lead[: 4 - len(mshape)] + list(mshape))

@@ -38,8 +38,11 @@ def _closure(expr, var2val):
     return order
 
 
-def evaluate_closed_mask(mask, var2val, q_len, kv_len):
-    """Yield (mask value, Sq, Skv) at sample lengths, or nothing if the mask is not closed."""
+def evaluate_closed_mask(mask, var2val, q_len, kv_len, mod=None):
+    """Yield (mask value, Sq, Skv) at sample lengths, or nothing if the mask is not closed.
+
+    `mod` supplies the PrimFuncs a mask made with call_tir refers to.
+    """
     try:
         order = _closure(mask, var2val)
     except _NotClosed:
@@ -54,10 +57,12 @@ def evaluate_closed_mask(mask, var2val, q_len, kv_len):
     for sample in _SAMPLES if sym else _SAMPLES[:1]:
         values = dict(zip(sym, sample))
         try:
-            mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+            funcs = {gv: f for gv, f in (mod.functions.items() if mod is not None else [])
+                     if isinstance(f, tirx.PrimFunc)}
+            eval_mod = tvm.IRModule({**funcs, tvm.ir.GlobalVar("main"): func.with_attr("global_symbol", "main")})
             if values:
-                mod = relax.transform.BindSymbolicVars(values, "main")(mod)
-            ex = tvm.compile(mod, target="llvm")
+                eval_mod = relax.transform.BindSymbolicVars(values, "main")(eval_mod)
+            ex = tvm.compile(eval_mod, target="llvm")
             result = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.ShapeTuple(sample[: len(sym)])).numpy()
         except Exception:  # noqa: BLE001 - any failure just means "not recognised"
             return

@@ -1,0 +1,53 @@
+"""Perplexity windows and next-token comparison metrics (KL to dense, top-1 agreement)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def windows(ids, ctx: int, count: int, bos: int) -> list:
+    """`count` consecutive windows of `ctx` tokens: BOS, then ctx-1 text tokens each."""
+    step = ctx - 1
+    if len(ids) < count * step:
+        raise ValueError(f"text has {len(ids)} tokens, {count} windows of {ctx} need {count * step}: "
+                         "use fewer windows, a shorter context or a longer text")
+    return [np.asarray([bos] + list(ids[w * step:(w + 1) * step]), "int32") for w in range(count)]
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    x -= x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+@dataclass
+class Metrics:
+    nll: float = 0.0
+    tokens: int = 0
+    kl: float = 0.0
+    top1: int = 0
+
+    def add(self, logits: np.ndarray, window: np.ndarray, dense_logits: np.ndarray | None, chunk: int = 256):
+        targets = window[1:]
+        for start in range(0, len(targets), chunk):
+            rows = slice(start, min(start + chunk, len(targets)))
+            lp = _log_softmax(logits[rows])
+            self.nll -= lp[np.arange(lp.shape[0]), targets[rows]].sum()
+            if dense_logits is not None:
+                ld = _log_softmax(dense_logits[rows])
+                self.kl += (np.exp(ld) * (ld - lp)).sum()
+                self.top1 += int((ld.argmax(-1) == lp.argmax(-1)).sum())
+            self.tokens += lp.shape[0]
+
+    @property
+    def perplexity(self) -> float:
+        return float(np.exp(self.nll / self.tokens))
+
+    @property
+    def mean_kl(self) -> float:
+        return self.kl / self.tokens
+
+    @property
+    def top1_agreement(self) -> float:
+        return self.top1 / self.tokens
