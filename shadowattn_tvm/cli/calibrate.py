@@ -1,0 +1,29 @@
+"""`shadowattn calibrate MODEL --text FILE --keep R -o profile.json`."""
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("calibrate", help="per-head keep ratios and int8 scale statistics for a model",
+                       description="Measure each head's and layer's importance (loss increase when zeroed) on a "
+                                   "calibration text and turn it into per-head keep ratios and static scales.")
+    p.add_argument("model", help="'smollm2' (the embedded default) or a Llama-family .gguf file")
+    p.add_argument("--text", default="pydocs", help="a text file, 'pydocs' or 'austen:<novel>' (default pydocs)")
+    p.add_argument("--keep", type=float, default=0.2, help="global keep ratio (default 0.2)")
+    p.add_argument("--ctx", type=int, default=128, help="calibration window length (default 128)")
+    p.add_argument("--windows", type=int, default=1, help="calibration windows (default 1)")
+    p.add_argument("-o", "--output", required=True, help="profile JSON to write")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from ..calibrate.calibrate import calibrate
+    from ..calibrate.profile import check_keep
+    from ..evaluation.corpus import load_text
+    from ..frontend.model import LlamaRunner, resolve_model
+
+    check_keep(args.keep)
+    runner = LlamaRunner(resolve_model(args.model))
+    profile = calibrate(runner, load_text(args.text), keep=args.keep, ctx=args.ctx, num_windows=args.windows)
+    profile.save(args.output)
+    print(f"wrote {args.output}: {len(profile.layers)} layers, keep {profile.keep}, model {profile.model}")
+    return 0

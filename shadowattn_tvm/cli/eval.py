@@ -1,0 +1,43 @@
+"""`shadowattn eval MODEL --text FILE --ctx N --windows W --json OUT`: the accuracy table."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("eval", help="accuracy table: dense vs INT8 vs block-sparse vs shadowAttn",
+                       description="Perplexity, KL to dense, top-1 agreement and INT8 pilot top-k recall of each "
+                                   "attention variant on the same windows of a text.")
+    p.add_argument("model", help="'smollm2' (the embedded default) or a Llama-family .gguf file")
+    p.add_argument("--text", default="austen:prideprejudice", help="text file, 'austen:<novel>' or 'pydocs'")
+    p.add_argument("--profile", help="calibrated profile JSON (default: the shipped SmolLM2 profile)")
+    p.add_argument("--ctx", type=int, nargs="+", default=[512], help="context lengths (default 512)")
+    p.add_argument("--windows", type=int, default=3, help="windows per context (default 3)")
+    p.add_argument("--keep", type=float, default=0.2)
+    p.add_argument("--json", help="write the rows as JSON here")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    import json
+
+    from ..calibrate.profile import SparsityProfile
+    from ..evaluation.accuracy import accuracy_table, format_table
+    from ..evaluation.corpus import load_text
+    from ..frontend.model import LlamaRunner, resolve_model
+
+    if args.profile is None and args.model not in ("smollm2", "default"):
+        raise SystemExit("--profile is required for models other than smollm2: run `shadowattn calibrate` first")
+    path = Path(args.profile) if args.profile else Path(__file__).resolve().parent.parent / "data" / "smollm2_profile.json"
+    profile = SparsityProfile.load(path)
+    runner = LlamaRunner(resolve_model(args.model))
+    text = load_text(args.text)
+    results = {}
+    for ctx in args.ctx:
+        rows = accuracy_table(runner, text, profile, ctx=ctx, num_windows=args.windows, keep=args.keep)
+        print(format_table(rows, ctx, args.windows, args.model))
+        results[str(ctx)] = [r.__dict__ for r in rows]
+    if args.json:
+        Path(args.json).write_text(json.dumps({"model": args.model, "text": args.text, "windows": args.windows,
+                                               "contexts": results}, indent=1))
+    return 0
