@@ -19,23 +19,18 @@ def head_shares(head_imp, layer_imp, cap_percentile: float = 95.0) -> np.ndarray
 
 
 def allocate_ratios(shares, keep: float, floor: float = 0.02) -> np.ndarray:
-    """Ratios proportional to `shares`, each in [floor, 1], with mean exactly `keep`."""
+    """Ratios clip(lam * share, floor, 1) with lam chosen by bisection so the mean is `keep`."""
     shares = np.asarray(shares, float)
     if not 0 < keep <= 1:
         raise ValueError(f"keep={keep} is outside (0, 1]")
     floor = min(floor, keep)
-    n = shares.size
-    ratios = np.full(shares.shape, np.nan)
-    free = np.ones(shares.shape, bool)
-    for _ in range(2 * n + 2):
-        budget = keep * n - np.nansum(np.where(free, 0.0, ratios))
-        s = np.where(free, shares, 0.0)
-        trial = np.where(free, budget * s / s.sum() if s.sum() > 0 else budget / free.sum(), ratios)
-        over, under = free & (trial > 1.0), free & (trial < floor)
-        if not over.any() and not under.any():
-            return np.where(free, trial, ratios)
-        ratios[over], ratios[under] = 1.0, floor
-        free &= ~(over | under)
-        if not free.any():
-            break
-    return np.where(np.isnan(ratios), keep, ratios)
+    shares = np.maximum(shares, EPS)
+
+    def mean(lam):
+        return np.clip(lam * shares, floor, 1.0).mean()
+
+    lo, hi = 0.0, 1.0 / shares.min()  # mean(lo) = floor <= keep <= 1 = mean(hi)
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if mean(mid) < keep else (lo, mid)
+    return np.clip(hi * shares, floor, 1.0)

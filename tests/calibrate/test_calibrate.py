@@ -1,0 +1,57 @@
+"""calibrate() and the accuracy table end to end on the tiny GGUF Llama."""
+import numpy as np
+import pytest
+
+from shadowattn_tvm.calibrate import ProfileError, SparsityProfile
+from shadowattn_tvm.calibrate.calibrate import calibrate
+from shadowattn_tvm.evaluation.accuracy import accuracy_table, format_table
+from shadowattn_tvm.frontend import load_gguf
+from shadowattn_tvm.frontend.model import LlamaRunner
+from shadowattn_tvm.testing import tiny_llama
+
+pytestmark = pytest.mark.slow  # compiles the tiny model seven times
+
+TEXT = " ".join(["the cat sat on the mat and the dog ate the hat"] * 40)
+
+
+@pytest.fixture(scope="module")
+def runner(tmp_path_factory):
+    return LlamaRunner(load_gguf(tiny_llama.tiny_gguf_path(tmp_path_factory.mktemp("gguf"))))
+
+
+@pytest.fixture(scope="module")
+def profile(runner):
+    return calibrate(runner, TEXT, keep=0.25, ctx=32, num_windows=2, progress=False)
+
+
+def test_profile_shape_scales_and_fingerprint(runner, profile):
+    assert len(profile.layers) == 2 and profile.model == runner.model.fingerprint
+    ratios = np.array([l.ratios for l in profile.layers])
+    assert ratios.shape == (2, 4) and ratios.mean() == pytest.approx(0.25)
+    layer = profile.layers[0]
+    assert len(layer.q_scales) == 4 and len(layer.k_scales) == len(layer.v_scales) == 2
+    assert all(s > 0 for s in layer.q_scales) and all(s >= 0 for s in layer.q_scale_std)
+    assert profile.retarget(0.1).layers[1].ratios != profile.layers[1].ratios
+
+
+def test_profile_refuses_another_model(profile):
+    with pytest.raises(ProfileError, match="calibrated for model"):
+        profile.check_model("0123456789abcdef")
+
+
+def test_accuracy_table_rows(runner, profile):
+    rows = accuracy_table(runner, TEXT, profile, ctx=32, num_windows=2, keep=0.5, k_min=2, progress=False)
+    names = [r.name for r in rows]
+    assert names[0] == "dense float" and len(rows) == 6
+    dense = rows[0]
+    assert dense.delta_pct == 0 and dense.kl == pytest.approx(0, abs=1e-9) and dense.top1 == 1
+    assert all(np.isfinite(r.perplexity) and r.kl >= -1e-9 for r in rows)
+    assert all(r.recall is not None for r in rows if r.name.startswith("shadowAttn"))
+    assert "INT8 dense attention (NPU-Full)" in format_table(rows, 32, 2, "tiny")
+
+
+def test_uniform_profile_cannot_retarget_per_head():
+    with pytest.raises(ProfileError, match="importance"):
+        from shadowattn_tvm.calibrate import LayerProfile
+
+        SparsityProfile(keep=0.2, layers=(LayerProfile((0.2,)),)).retarget(0.1)
