@@ -8,22 +8,20 @@ keep 0.2, 2 threads, all measured in this run on this host (no phone numbers her
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
-os.environ.setdefault("TVM_NUM_THREADS", "2")
+import numpy as np
+import tvm
+from tvm import relax
 
-import numpy as np  # noqa: E402
-import tvm  # noqa: E402
-from tvm import relax  # noqa: E402
+from shadowattn_tvm import targets
+from shadowattn_tvm.block import max_keep_count
+from shadowattn_tvm.demo import DEFAULT_SPEC, _inputs
+from shadowattn_tvm.ops import pilot, quantize, reference, sparse_attention, topk
+from shadowattn_tvm.schedules import cpu
+from shadowattn_tvm.testing import AttentionSpec, attention_module
 
-from shadowattn_tvm.block import max_keep_count  # noqa: E402
-from shadowattn_tvm.demo import DEFAULT_SPEC, _inputs  # noqa: E402
-from shadowattn_tvm.ops import pilot, quantize, reference, sparse_attention, topk  # noqa: E402
-from shadowattn_tvm.schedules import cpu  # noqa: E402
-from shadowattn_tvm.testing import AttentionSpec, attention_module  # noqa: E402
-
-TARGET = tvm.target.Target({"kind": "llvm", "num-cores": 2})
+TARGET = targets.get("host").cpu
 DEV = tvm.cpu()
 
 

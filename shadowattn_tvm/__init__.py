@@ -3,14 +3,20 @@
     import tvm, shadowattn_tvm as sat
     ex = tvm.compile(mod, target="llvm", relax_pipeline=sat.pipeline(keep=0.2))
 """
-from .block import AttentionBlock, CausalMode, KVMap, ScaleMode
-from .calibrate import LayerProfile, ProfileError, SparsityProfile
-from .passes import (AttentionReport, DetectAttention, SplitSparseAttention, UnsupportedAttentionError,
-                     lowering, pipeline)
+from . import settings as _settings
+
+_settings.default_threads()
+
+from . import targets  # noqa: E402
+from .block import AttentionBlock, CausalMode, KVMap, ScaleMode  # noqa: E402
+from .calibrate import LayerProfile, ProfileError, SparsityProfile  # noqa: E402
+from .passes import (AttentionReport, DetectAttention, SplitSparseAttention,  # noqa: E402
+                     UnsupportedAttentionError, lowering, pipeline)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "pipeline", "lowering", "DetectAttention", "SplitSparseAttention", "AttentionReport", "UnsupportedAttentionError",
+    "targets", "pipeline", "lowering", "DetectAttention", "SplitSparseAttention", "AttentionReport",
+    "UnsupportedAttentionError",
     "SparsityProfile", "LayerProfile", "ProfileError", "AttentionBlock", "CausalMode", "KVMap", "ScaleMode",
 ]

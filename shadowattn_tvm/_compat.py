@@ -25,7 +25,7 @@ def runtime_tensor(array, device=None):
 
 __all__ = [
     "tvm", "rpc", "Analyzer", "Op", "Constant", "relax", "te", "tirx", "s_tir", "dpl", "PyExprMutator", "mutator", "Schedule",
-    "R", "T", "structural_equal", "runtime_tensor", "constant_value",
+    "R", "T", "structural_equal", "runtime_tensor", "meta_schedule", "constant_value",
 ]
 
 
@@ -35,3 +35,10 @@ def constant_value(expr):
         value = expr.value
         return value.numpy() if hasattr(value, "numpy") else None
     return None
+
+
+def meta_schedule():
+    """``tvm.s_tir.meta_schedule`` (0.27; was ``tvm.meta_schedule``), imported on first use: it is slow."""
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms

@@ -89,7 +89,9 @@ def _torch_ms(inputs, spec, repeat):
 
 def run_demo(tokens: int = 1024, keep: float = 0.2, k_min: int = 16, repeat: int = 3, seed: int = 0) -> DemoResult:
     spec = AttentionSpec(**{**DEFAULT_SPEC.__dict__, "q_len": tokens})
-    target = tvm.target.Target({"kind": "llvm", "num-cores": 2})
+    from . import targets
+
+    target = targets.get("host").cpu
     mod = attention_module(spec)
     report = AttentionReport()
     sparse_ex = tvm.compile(mod, target=target, relax_pipeline=pipeline(keep=keep, k_min=k_min, report=report))

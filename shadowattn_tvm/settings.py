@@ -67,6 +67,16 @@ TRACKER_PORT: Setting[int] = Setting(
 ALL: tuple[Setting, ...] = (CACHE_DIR, PHONE_STATE, TRACKER_HOST, TRACKER_PORT)
 
 
+def default_threads() -> None:
+    """Default TVM_NUM_THREADS (TVM's own variable) to the logical CPU count.
+
+    TVM's runtime otherwise starts one worker per physical core: 1 on a 2-vCPU SMT machine, which
+    halves every parallel kernel. Called once when the package is imported, before TVM's thread
+    pool exists; an explicit TVM_NUM_THREADS always wins.
+    """
+    os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
+
+
 def cache_dir() -> Path:
     """The cache root (``SHADOWATTN_CACHE``, default ``~/.cache/shadowattn``); not created here."""
     return CACHE_DIR.get()

@@ -6,7 +6,9 @@ import pytest
 import tvm
 from tvm import relax
 
-HOST = tvm.target.Target({"kind": "llvm", "num-cores": 2})
+from shadowattn_tvm import targets
+
+HOST = targets.get("host").cpu
 
 
 def run_module(mod_or_ex, inputs, relax_pipeline="default"):

@@ -4,13 +4,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import demo
+from . import compile as compile_command
+from . import calibrate, demo, deploy, emulated_phone, tune
+from . import eval as eval_command
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shadowattn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (demo,):
+    for module in (demo, calibrate, compile_command, deploy, emulated_phone, eval_command, tune):
         module.add_parser(sub)
     return parser
 

@@ -12,7 +12,6 @@ from .smollm2 import smollm2_gguf
 from .tokenizer import gguf_tokenizer
 
 MAX_LEN = 8192
-HOST = {"kind": "llvm", "num-cores": 2}
 
 
 def resolve_model(name_or_path) -> GGUFModel:
@@ -54,7 +53,10 @@ class LlamaRunner:
     def compile(self, seq_len: int, relax_pipeline, target=None):
         """Compile for `seq_len` tokens; returns forward(ids [seq_len] int) -> logits [seq_len, vocab]."""
         mod, names = self.export(seq_len)
-        target = tvm.target.Target(target or HOST)
+        if target is None:
+            from ..targets import get
+
+            target = get("host").cpu
         ex = tvm.compile(mod, target=target, relax_pipeline=relax_pipeline)
         vm = relax.VirtualMachine(ex, tvm.cpu())
         if self._params is None:

@@ -1,0 +1,59 @@
+"""Artifact writers: each puts one kind of file into the (temporary) build directory.
+
+`DEFAULT_WRITERS` is the extension point: the Adreno lane adds a writer of OpenCL C that applies
+when ``device.gpu`` is set, the NPU lane one of the Hexagon graph library for ``device.npu``. A
+writer gets the `BuildContext` and returns the `Artifact`s it wrote; the manifest lists them.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..passes import AttentionReport
+from ..targets import DeviceProfile
+from ..targets.export import export_library
+from .manifest import Artifact
+from .models import ModelBuild
+from .options import BuildOptions, compile_model
+
+CPU_MODULE = "cpu.so"
+REPORT = "report.json"
+
+
+@dataclass
+class BuildContext:
+    device: DeviceProfile
+    model: ModelBuild
+    options: BuildOptions
+    out: Path  # the temporary directory being filled
+    report: AttentionReport = field(default_factory=AttentionReport)
+    log: Callable[[str], None] = print
+
+
+@dataclass(frozen=True)
+class ArtifactWriter:
+    name: str
+    applies: Callable[[DeviceProfile], bool]
+    write: Callable[[BuildContext], list]
+
+
+def _write_cpu_module(ctx: BuildContext) -> list:
+    ctx.log(f"[compile] {ctx.model.name} for {ctx.device.name} cpu ({ctx.device.cpu.kind.name}"
+            f"{', ' + str(ctx.device.cpu.attrs['mcpu']) if 'mcpu' in ctx.device.cpu.attrs else ''})")
+    executable = compile_model(ctx.model.mod, ctx.device.cpu, ctx.options, ctx.report)
+    export_library(executable, ctx.out / CPU_MODULE, ctx.device)
+    return [Artifact(CPU_MODULE, "cpu-module", "cpu")]
+
+
+def _write_report(ctx: BuildContext) -> list:
+    (ctx.out / REPORT).write_text(json.dumps(ctx.report.to_json(), indent=1) + "\n")
+    return [Artifact(REPORT, "report")]
+
+
+DEFAULT_WRITERS: tuple = (
+    ArtifactWriter("cpu-module", lambda device: True, _write_cpu_module),
+    # the report is filled while the CPU module compiles, so it is written after it
+    ArtifactWriter("report", lambda device: True, _write_report),
+)

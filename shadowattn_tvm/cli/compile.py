@@ -1,0 +1,40 @@
+"""`shadowattn compile [MODEL] --device NAME -o DIR`: build a model for a device into a directory."""
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    from ..builder.models import DEFAULT_TOKENS, MODELS
+
+    p = sub.add_parser("compile", help="compile a model for a device into a build directory",
+                       description="Compile MODEL with the shadowAttn pass set for a device profile and write the "
+                                   "build directory: cpu.so (cross-compiled for phones), report.json, manifest.json. "
+                                   "An existing build in DIR is replaced as a whole.")
+    p.add_argument("model", nargs="?", default="default",
+                   help="model name (default: the embedded default attention block); "
+                        f"known: {', '.join(sorted(MODELS))}")
+    p.add_argument("--device", required=True,
+                   help="device profile name (host, snapdragon-8gen2, snapdragon-8gen3) or path of a profile JSON")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="build directory to (re)create")
+    p.add_argument("--tokens", type=int, default=DEFAULT_TOKENS,
+                   help=f"static prefill length (default {DEFAULT_TOKENS})")
+    p.add_argument("--keep", type=float, default=0.2, help="fraction of keys kept per row (default 0.2)")
+    p.add_argument("--k-min", type=int, default=16, help="minimum keys kept per row (default 16)")
+    p.add_argument("--profile", metavar="FILE", help="calibration profile JSON (per-head ratios; overrides --keep)")
+    p.add_argument("--quiet", action="store_true", help="print only the summary line")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from ..builder import BuildDirError, compile_to_dir
+    from ..calibrate.profile import ProfileError, SparsityProfile
+    from ..runtime.toolchain import ToolchainError
+
+    try:
+        profile = SparsityProfile.load(args.profile) if args.profile else None
+        result = compile_to_dir(args.device, args.output, model=args.model, tokens=args.tokens, keep=args.keep,
+                                k_min=args.k_min, profile=profile,
+                                log=(lambda _msg: None) if args.quiet else print)
+    except (ValueError, ProfileError, BuildDirError, ToolchainError, OSError) as err:
+        raise SystemExit(f"shadowattn compile: error: {err}") from None
+    print(result.summary())
+    return 0

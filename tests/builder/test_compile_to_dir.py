@@ -1,0 +1,132 @@
+import json
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+from shadowattn_tvm.builder import (DEFAULT_WRITERS, ArtifactWriter, BuildDirError, ManifestError, compile_to_dir,
+                                  get_model, load_manifest, make_inputs)
+from shadowattn_tvm.builder.manifest import sha256
+from shadowattn_tvm.runtime.toolchain import ToolchainError, ensure_tools
+from shadowattn_tvm.testing import dense_reference
+
+TOKENS = 64
+quiet = dict(log=lambda _msg: None)
+
+
+def _elf_machine_field(path):
+    header = path.read_bytes()[:20]
+    assert header[:4] == b"\x7fELF"
+    return int.from_bytes(header[18:20], "little")
+
+
+@pytest.fixture(scope="module")
+def host_build(tmp_path_factory):
+    out = tmp_path_factory.mktemp("builds") / "host"
+    return compile_to_dir("host", out, tokens=TOKENS, **quiet)
+
+
+@pytest.fixture(scope="module")
+def cross_toolchain():
+    try:
+        ensure_tools(("aarch64-gxx",), **quiet)
+    except ToolchainError as err:
+        pytest.skip(f"no aarch64 cross compiler and cannot install it: {err}")
+
+
+def test_host_build_directory(host_build):
+    out = host_build.out_dir
+    assert sorted(p.name for p in out.iterdir()) == ["cpu.so", "manifest.json", "report.json"]
+    data = json.loads((out / "manifest.json").read_text())
+    assert data["device"]["name"] == "host" and data["model"] == {**data["model"], "name": "default", "tokens": TOKENS}
+    assert data["inputs"] == [{"name": "q", "shape": [1, TOKENS, 14, 64], "dtype": "float32"},
+                              {"name": "k", "shape": [1, TOKENS, 2, 64], "dtype": "float32"},
+                              {"name": "v", "shape": [1, TOKENS, 2, 64], "dtype": "float32"}]
+    assert data["pipeline"] == {"keep": 0.2, "k_min": 16, "profile": None}
+    assert data["report"]["rewritten"] == 1 and data["report"]["dense"] == 0
+    for name, info in data["files"].items():
+        assert info["sha256"] == sha256(out / name) and info["bytes"] == (out / name).stat().st_size
+    assert data["files"]["cpu.so"]["kind"] == "cpu-module"
+    assert _elf_machine_field(out / "cpu.so") == 0x3E  # x86-64
+    assert json.loads((out / "report.json").read_text())["summary"] == "1/1 attention blocks rewritten"
+
+
+def test_host_build_runs_and_is_attention(host_build):
+    manifest = load_manifest(host_build.out_dir)
+    inputs = make_inputs(manifest.inputs, seed=0)
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(host_build.out_dir / "cpu.so")), tvm.cpu())
+    out = vm["main"](*[tvm.runtime.tensor(x) for x in inputs]).numpy()
+    spec = get_model("default", TOKENS).config
+    from shadowattn_tvm.testing import AttentionSpec
+
+    dense = dense_reference(AttentionSpec(**spec), inputs)
+    assert out.shape == dense.shape
+    assert np.linalg.norm(out - dense) / np.linalg.norm(dense) < 0.5  # sparse (keep 0.2) but attention
+
+
+def test_aarch64_build_is_an_aarch64_shared_library(cross_toolchain, tmp_path):
+    result = compile_to_dir("snapdragon-8gen3", tmp_path / "phone", tokens=TOKENS, **quiet)
+    lib = result.out_dir / "cpu.so"
+    assert _elf_machine_field(lib) == 0xB7  # EM_AARCH64
+    assert lib.read_bytes()[4] == 2  # ELFCLASS64
+    manifest = load_manifest(result.out_dir)
+    assert manifest.device["cpu"]["mcpu"] == "cortex-a720" and manifest.rpc_key == "snapdragon-8gen3"
+
+
+def _copy_of(build, tmp_path):
+    import shutil
+
+    return shutil.copytree(build.out_dir, tmp_path / "build")
+
+
+def test_rebuild_replaces_the_whole_directory(host_build, tmp_path):
+    out = _copy_of(host_build, tmp_path)
+    (out / "stale.txt").write_text("from the old build")
+    inode = out.stat().st_ino
+    compile_to_dir("host", out, tokens=48, **quiet)
+    assert not (out / "stale.txt").exists()
+    assert load_manifest(out).data["model"]["tokens"] == 48
+    assert out.stat().st_ino != inode  # a new directory was swapped in, not the old one edited
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["build"]  # no temporaries left behind
+
+
+def test_failed_rebuild_keeps_the_old_build(host_build, tmp_path):
+    out = _copy_of(host_build, tmp_path)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def explode(ctx):
+        raise RuntimeError("writer failed")
+
+    writers = (ArtifactWriter("boom", lambda device: True, explode),) + DEFAULT_WRITERS
+    with pytest.raises(RuntimeError, match="writer failed"):
+        compile_to_dir("host", out, tokens=48, writers=writers, **quiet)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["build"]
+
+
+def test_refuses_to_replace_a_directory_that_is_not_a_build(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(BuildDirError, match="not empty and has no manifest.json"):
+        compile_to_dir("host", tmp_path, tokens=32, **quiet)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_unknown_model_and_device():
+    with pytest.raises(ValueError, match="unknown model 'qwen9'; known: default"):
+        compile_to_dir("host", "/nonexistent/x", model="qwen9", tokens=32, **quiet)
+    with pytest.raises(ValueError, match="unknown device 'pixel'"):
+        compile_to_dir("pixel", "/nonexistent/x", tokens=32, **quiet)
+
+
+def test_manifest_detects_modified_files(host_build, tmp_path):
+    copy = _copy_of(host_build, tmp_path)
+    with open(copy / "cpu.so", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ManifestError, match="cpu.so does not match its sha256"):
+        load_manifest(copy)
+    (copy / "cpu.so").unlink()
+    with pytest.raises(ManifestError, match="cpu.so is listed in the manifest but missing"):
+        load_manifest(copy)
+    with pytest.raises(ManifestError, match="no manifest.json"):
+        load_manifest(tmp_path)

@@ -1,0 +1,83 @@
+"""deploy() against an x86 RPC server on this machine: verification, labels, and every failure path."""
+import gc
+import os
+import signal
+
+import pytest
+from tvm import rpc
+
+from shadowattn_tvm.runtime import emulated_phone as phone
+from shadowattn_tvm.runtime.deploy import LABELS, DeployError, deploy
+from shadowattn_tvm.runtime.emulated_phone import free_port
+from shadowattn_tvm.runtime.rpc_session import Endpoint, RPCUnavailable, open_session
+
+pytestmark = pytest.mark.slow
+quiet = dict(log=lambda _msg: None)
+
+
+def _tracker(state, key=None):
+    return Endpoint(state.host, state.tracker_port, key or state.key)
+
+
+def test_deploy_through_tracker_verifies_and_labels(host_phone, host_build):
+    result = deploy(host_build, _tracker(host_phone), repeat=2, **quiet)
+    assert result.verified and result.max_abs_err <= 1e-5
+    assert result.label == LABELS["host"] == "host CPU over RPC (not a phone timing)"
+    assert result.server["kind"] == "host" and len(result.runs_ms) == 2 and result.median_ms > 0
+    assert "verified" in result.table() and result.label in result.table()
+
+
+def test_deploy_direct_to_a_stock_server(host_build):
+    # A server without a tracker takes direct connections; TVM's stock server is labelled "device".
+    port = free_port()
+    server = rpc.Server("127.0.0.1", port, port + 1)
+    try:
+        result = deploy(host_build, Endpoint("127.0.0.1", port), repeat=1, **quiet)
+    finally:
+        server.terminate()
+    assert result.verified and result.endpoint == f"rpc server 127.0.0.1:{port}"
+    assert result.label == LABELS[None] == "device" and result.server == {}
+
+
+def test_unreachable_tracker(host_build):
+    port = free_port()
+    with pytest.raises(RPCUnavailable, match=rf"^cannot reach the RPC tracker at 127.0.0.1:{port} \(connection refused\)$"):
+        deploy(host_build, Endpoint("127.0.0.1", port, "any"), **quiet)
+
+
+def test_unknown_key(host_phone, host_build):
+    with pytest.raises(RPCUnavailable, match=r"no device with key 'pixel-9' is registered .* \(registered keys: test-host\)"):
+        deploy(host_build, _tracker(host_phone, "pixel-9"), **quiet)
+
+
+def test_no_free_device(host_phone, host_build):
+    held = open_session(_tracker(host_phone))  # the only server is busy with this session
+    try:
+        with pytest.raises(RPCUnavailable, match=r"no free device for key 'test-host' .* 1 registered, all busy for 1 s"):
+            deploy(host_build, _tracker(host_phone), wait=1, **quiet)
+    finally:
+        del held
+        gc.collect()  # closes the session: the next test gets the server back
+
+
+def test_wrong_architecture(host_phone, phone_build):
+    with pytest.raises(DeployError, match="built for aarch64 but the server runs x86_64"):
+        deploy(phone_build, _tracker(host_phone), **quiet)
+
+
+def test_server_dying_mid_run_then_stop(doomed_host_phone, host_build):
+    def kill_at_run(phase):
+        if phase == "run":
+            os.killpg(doomed_host_phone.server.pid, signal.SIGKILL)
+
+    with pytest.raises(DeployError) as info:
+        deploy(host_build, _tracker(doomed_host_phone), on_phase=kill_at_run, **quiet)
+    message = str(info.value)
+    assert message.startswith("the RPC server of key 'test-doomed' at tracker") and "went away during 'run'" in message
+    assert "\n" not in message
+    assert not doomed_host_phone.server.alive() and doomed_host_phone.tracker.alive()
+
+    # stop() ends what is left (the tracker) and leaves no live process in either group
+    assert phone.stop(doomed_host_phone, **quiet)
+    for proc in (doomed_host_phone.tracker, doomed_host_phone.server):
+        assert not proc.alive() and phone.live_group_members(proc.pid) == []

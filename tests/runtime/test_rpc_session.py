@@ -1,0 +1,43 @@
+import socket
+
+import pytest
+
+from shadowattn_tvm.runtime.emulated_phone import free_port
+from shadowattn_tvm.runtime.rpc_session import Endpoint, RPCUnavailable, check_available, open_session, parse_address
+
+
+@pytest.mark.parametrize("text,expected", [("127.0.0.1:9190", ("127.0.0.1", 9190)), ("phone.lan:1", ("phone.lan", 1))])
+def test_parse_address(text, expected):
+    assert parse_address(text) == expected
+
+
+@pytest.mark.parametrize("text", ["9190", "host:", ":9190", "host:port", "host:70000"])
+def test_parse_address_rejects(text):
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        parse_address(text, "--rpc-tracker")
+
+
+@pytest.mark.parametrize("key,what", [("phone", "RPC tracker"), (None, "RPC server")])
+def test_closed_port_fails_fast_with_one_line(key, what):
+    port = free_port()  # nothing listens there
+    for call in (lambda e: check_available(e), lambda e: open_session(e, wait=1)):
+        with pytest.raises(RPCUnavailable) as info:
+            call(Endpoint("127.0.0.1", port, key))
+        assert str(info.value) == f"cannot reach the {what} at 127.0.0.1:{port} (connection refused)"
+
+
+def test_something_that_is_not_a_tracker():
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        with pytest.raises(RPCUnavailable, match="did not answer as a TVM RPC tracker|is not a TVM RPC tracker"):
+            import threading
+
+            def answer():
+                conn, _ = listener.accept()
+                conn.sendall(b"HTTP")
+                conn.close()
+
+            threading.Thread(target=answer, daemon=True).start()
+            check_available(Endpoint("127.0.0.1", port, "phone"))
