@@ -123,8 +123,9 @@ class _Analyzer:
         P._check_softmax_axis(softmax)
         chain = P.peel_scores(softmax.args[0], v2v)
         q, q_scale = P.peel_scalar_scale(chain.q, v2v)
-        k = P.untranspose_key(chain.kt, v2v)
-        k, k_scale = P.peel_scalar_scale(k, v2v)
+        kt, kt_scale = P.peel_scalar_scale(chain.kt, v2v)  # a scale on Kᵀ must not hide the GQA repeat
+        k, k_scale = P.peel_scalar_scale(P.untranspose_key(kt, v2v), v2v)
+        k_scale *= kt_scale
         return self._plan(q, k, root.args[1], chain.scale * q_scale * k_scale, chain, causal=CausalMode.NONE,
                           bsnh=False, out_dtype=P.dtype_of(root))
 
