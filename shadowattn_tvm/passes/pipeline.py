@@ -1,10 +1,11 @@
 """`pipeline()`: the shadowAttn pass set as one pass for ``tvm.compile(..., relax_pipeline=...)``.
 
-Phases (numbered as in DESIGN.md; 3 bucket and 4 schedule belong to the NPU lane and are not
-part of this pipeline yet):
+Phases (numbered as in DESIGN.md; 3 and 4 run only with ``npu=NPUOptions(...)``):
   0 canonicalize : Normalize, FoldConstant (constant masks and scales become visible)
   1 detect       : DetectAttention  - outline attention blocks, report the rest
   2 split        : SplitSparseAttention - pilot -> top-k -> sparse
+  3 bucket       : BucketPilot - the pilot as static NPU graph launches over a (λQ, λK) grid
+  4 pipeline     : PipelineHeads - async NPU launches in the planner's order, waits where data flows
   5 lower        : TVM's default Relax lowering for the target, plus, on CPUs, a default
                    schedule for every kernel that has none (`lowering()`; omit with lower=False)
 """
@@ -15,7 +16,10 @@ from pathlib import Path
 from .._compat import relax, tvm
 from ..block import ScaleMode
 from ..calibrate.profile import ProfileError, SparsityProfile, check_keep
+from ..npu.options import NPUOptions
+from .bucket_pilot import BucketPilot
 from .detect_attention import DetectAttention
+from .pipeline_heads import PipelineHeads
 from .report import AttentionReport
 from .schedule_default_cpu import ScheduleDefaultCPU
 from .split_sparse_attention import SplitSparseAttention
@@ -68,6 +72,7 @@ def pipeline(
     strict: bool = False,
     lower: bool = True,
     dump_ir: str | Path | None = None,
+    npu: NPUOptions | None = None,
 ) -> tvm.transform.Pass:
     """Build the shadowAttn pass set.
 
@@ -80,6 +85,8 @@ def pipeline(
     strict: raise `UnsupportedAttentionError` if any attention candidate stays dense.
     lower: append TVM's default lowering (False returns the shadowAttn-level IR).
     dump_ir: a directory; the IR after each phase is written there as TVMScript.
+    npu: run the NPU-lane phases 3 (BucketPilot) and 4 (PipelineHeads) with these options; the
+        compiled program then needs static shapes and calls the NPU lane (`runtime.lanes`).
     """
     if profile is None:
         if keep is None:
@@ -96,6 +103,9 @@ def pipeline(
         ("1_detect", DetectAttention(report)),
         ("2_split", SplitSparseAttention(profile, k_min=k_min, scale_mode=scale_mode)),
     ]
+    if npu is not None:
+        bucket, schedule = BucketPilot(npu, profile, k_min=k_min), PipelineHeads(npu.costs)
+        phases += [("3_bucket", bucket), ("4_pipeline", schedule)]
     dump_dir = Path(dump_ir) if dump_ir is not None else None
 
     @tvm.transform.module_pass(opt_level=0, name="ShadowAttnPipeline")
@@ -116,4 +126,7 @@ def pipeline(
         return mod
 
     _pipeline.report = report  # type: ignore[attr-defined]
+    if npu is not None:  # after a run: .bucket_pilot.graphs (GraphEntry), .pipeline_heads.plans (LayerPlan)
+        _pipeline.bucket_pilot = bucket  # type: ignore[attr-defined]
+        _pipeline.pipeline_heads = schedule  # type: ignore[attr-defined]
     return _pipeline
