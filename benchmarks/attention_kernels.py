@@ -8,7 +8,6 @@ keep 0.2, 2 threads, all measured in this run on this host (no phone numbers her
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import tvm
@@ -16,7 +15,7 @@ from tvm import relax
 
 from shadowattn_tvm import targets
 from shadowattn_tvm.block import max_keep_count
-from shadowattn_tvm.demo import DEFAULT_SPEC, _inputs
+from shadowattn_tvm.demo import DEFAULT_SPEC, _inputs, best_ms
 from shadowattn_tvm.ops import pilot, quantize, reference, sparse_attention, topk
 from shadowattn_tvm.passes import lowering
 from shadowattn_tvm.schedules import cpu
@@ -24,16 +23,6 @@ from shadowattn_tvm.testing import AttentionSpec, attention_module
 
 TARGET = targets.get("host").cpu
 DEV = tvm.cpu()
-
-
-def _best_ms(fn, repeat):
-    fn()
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best * 1e3
 
 
 def _prim(func):
@@ -55,7 +44,7 @@ def bench(tokens: int, keep: float, k_min: int, repeat: int, dense_max: int):
         torch.set_num_threads(2)
         tq, tk, tv = (torch.from_numpy(x) for x in (q, k, v))
         sdpa = torch.nn.functional.scaled_dot_product_attention
-        rows["PyTorch SDPA dense (peer)"] = (_best_ms(lambda: sdpa(tq, tk, tv, is_causal=True, enable_gqa=True), repeat),
+        rows["PyTorch SDPA dense (peer)"] = (best_ms(lambda: sdpa(tq, tk, tv, is_causal=True, enable_gqa=True), repeat),
                                              4 * causal_pairs * d)
     except ImportError:
         print("torch not installed: pip install -e '.[bench]' for the PyTorch SDPA row")
@@ -64,7 +53,7 @@ def bench(tokens: int, keep: float, k_min: int, repeat: int, dense_max: int):
         ex = tvm.compile(attention_module(spec), target=TARGET, relax_pipeline=lowering())
         vm = relax.VirtualMachine(ex, DEV)
         args = [tvm.runtime.tensor(x, DEV) for x in inputs]
-        rows["TVM dense (sat.lowering schedules)"] = (_best_ms(lambda: vm["main"](*args), max(1, repeat // 3)),
+        rows["TVM dense (sat.lowering schedules)"] = (best_ms(lambda: vm["main"](*args), max(1, repeat // 3)),
                                                 4 * causal_pairs * d)
 
     t = lambda a: tvm.runtime.tensor(np.ascontiguousarray(a), DEV)  # noqa: E731
@@ -73,18 +62,18 @@ def bench(tokens: int, keep: float, k_min: int, repeat: int, dense_max: int):
     quant_k = _prim(cpu.schedule_quantize(quantize.quantize(k.shape, "float32", transpose=True)))
     q8, k8t = tvm.runtime.empty(q.shape, "int8", DEV), tvm.runtime.empty((1, hkv, d, tokens), "int8", DEV)
     tq, tk, tv, tqs, tks = t(q), t(k), t(v), t(qs), t(ks)
-    rows["quantize Q,K (int8)"] = (_best_ms(lambda: (quant_q(tq, tqs, q8), quant_k(tk, tks, k8t)), repeat), None)
+    rows["quantize Q,K (int8)"] = (best_ms(lambda: (quant_q(tq, tqs, q8), quant_k(tk, tks, k8t)), repeat), None)
     pilot_fn = _prim(cpu.schedule_pilot(pilot.pilot_scores(block, q.shape, tokens)))
     scores = tvm.runtime.empty((1, h, tokens, tokens), "int32", DEV)
-    rows["pilot Q·Kᵀ int8 (NPU's work)"] = (_best_ms(lambda: pilot_fn(q8, k8t, scores), repeat), 2 * causal_pairs * d)
+    rows["pilot Q·Kᵀ int8 (NPU's work)"] = (best_ms(lambda: pilot_fn(q8, k8t, scores), repeat), 2 * causal_pairs * d)
     top = max_keep_count(keep, tokens, k_min)
     topk_fn = _prim(topk.topk_indices(block, k_min))
     ratios, idx = t(np.full(h, keep)), tvm.runtime.empty((1, h, tokens, top), "int32", DEV)
-    rows["top-k (CPU)"] = (_best_ms(lambda: topk_fn(scores, ratios, idx), repeat), None)
+    rows["top-k (CPU)"] = (best_ms(lambda: topk_fn(scores, ratios, idx), repeat), None)
     kept = int((idx.numpy() >= 0).sum())
     sparse_fn = _prim(cpu.schedule_sparse_attention(sparse_attention.sparse_attention(block, q.shape, tokens, d, top)))
     out = tvm.runtime.empty(q.shape, "float32", DEV)
-    rows["sparse attention (CPU)"] = (_best_ms(lambda: sparse_fn(tq, tk, tv, idx, out), repeat), 4 * kept * d)
+    rows["sparse attention (CPU)"] = (best_ms(lambda: sparse_fn(tq, tk, tv, idx, out), repeat), 4 * kept * d)
     return rows, kept / causal_pairs
 
 

@@ -59,12 +59,13 @@ def _inputs(spec: AttentionSpec, seed: int):
     return [x.astype(spec.dtype) for x in (q, k, v)]
 
 
-def _time(vm, args, repeat: int) -> float:
-    vm["main"](*args)
+def best_ms(fn, repeat: int) -> float:
+    """Best wall time of `repeat` calls of `fn()` after one warm-up call, in milliseconds."""
+    fn()
     best = float("inf")
     for _ in range(repeat):
         start = time.perf_counter()
-        vm["main"](*args)
+        fn()
         best = min(best, time.perf_counter() - start)
     return best * 1e3
 
@@ -77,14 +78,7 @@ def _torch_ms(inputs, spec, repeat):
     torch.set_num_threads(2)
     q, k, v = (torch.from_numpy(x).transpose(1, 2).contiguous() for x in inputs)
     sdpa = torch.nn.functional.scaled_dot_product_attention
-    run = lambda: sdpa(q, k, v, is_causal=True, enable_gqa=True)  # noqa: E731
-    run()
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return best * 1e3
+    return best_ms(lambda: sdpa(q, k, v, is_causal=True, enable_gqa=True), repeat)
 
 
 def run_demo(tokens: int = 1024, keep: float = 0.2, k_min: int = 16, repeat: int = 3, seed: int = 0) -> DemoResult:
@@ -113,6 +107,7 @@ def run_demo(tokens: int = 1024, keep: float = 0.2, k_min: int = 16, repeat: int
         recall=recall,
         max_err_vs_reference=float(np.abs(out - expected).max()),
         rel_err_vs_dense=float(np.linalg.norm(out - dense_out) / np.linalg.norm(dense_out)),
-        dense_ms=_time(dense_vm, args, repeat), sparse_ms=_time(sparse_vm, args, repeat),
+        dense_ms=best_ms(lambda: dense_vm["main"](*args), repeat),
+        sparse_ms=best_ms(lambda: sparse_vm["main"](*args), repeat),
         torch_ms=_torch_ms(inputs, spec, repeat), report=report,
     )

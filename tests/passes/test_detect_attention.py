@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import tvm
 import tvm_ffi
 from tvm import relax
 
 from shadowattn_tvm.block import AttentionBlock, CausalMode, KVMap
 from shadowattn_tvm.passes import AttentionReport, DetectAttention
 from shadowattn_tvm.testing import AttentionSpec, attention_module, dense_reference, random_inputs
+from shadowattn_tvm.testing.forms import stacked_module
 
 from ..conftest import run_module
 
@@ -81,19 +81,8 @@ def test_main_calls_the_composite_on_unrepeated_kv():
 
 
 def test_layers_are_numbered_in_program_order():
-    from shadowattn_tvm.testing.forms import _explicit
-
-    spec = AttentionSpec(gqa="none")
-    params = [relax.Var(n, relax.TensorType((1, 32, 4, 16), "float32")) for n in "qkv"]
-    bb = relax.BlockBuilder()
-    with bb.function("main", params):
-        with bb.dataflow():
-            first = _explicit(bb, spec, params, 32, 32)
-            second = _explicit(bb, spec, [first] + params[1:], 32, 32)
-            out = bb.emit_output(second)
-        bb.emit_func_output(out)
     report = AttentionReport()
-    mod = DetectAttention(report)(bb.get())
+    mod = DetectAttention(report)(stacked_module(2))
     assert [c.layer for c in report.candidates] == [0, 1]
     names = [name for name, _ in _calls(mod["main"]) if name.startswith("sat_")]
     assert names == ["sat_attention_L0", "sat_attention_L1"]

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import tvm
 from tvm import relax
 
 from shadowattn_tvm.calibrate import LayerProfile, ProfileError, SparsityProfile
 from shadowattn_tvm.passes import DetectAttention, SplitSparseAttention
 from shadowattn_tvm.testing import AttentionSpec, attention_module
+from shadowattn_tvm.testing.forms import stacked_module
 
 from .test_detect_attention import _calls
 
@@ -58,17 +58,7 @@ def test_static_scales_are_constants_in_the_pilot():
 
 
 def test_kernels_are_shared_across_layers():
-    from shadowattn_tvm.testing.forms import _explicit
-
-    spec = AttentionSpec(gqa="none")
-    params = [relax.Var(n, relax.TensorType((1, 32, 4, 16), "float32")) for n in "qkv"]
-    bb = relax.BlockBuilder()
-    with bb.function("main", params):
-        with bb.dataflow():
-            first = _explicit(bb, spec, params, 32, 32)
-            out = bb.emit_output(_explicit(bb, spec, [first] + params[1:], 32, 32))
-        bb.emit_func_output(out)
-    mod = SplitSparseAttention(SparsityProfile.uniform(0.5))(DetectAttention()(bb.get()))
+    mod = SplitSparseAttention(SparsityProfile.uniform(0.5))(DetectAttention()(stacked_module(2)))
     names = set(_funcs(mod))
     assert {"sat_pilot_L0", "sat_pilot_L1", "sat_topk", "sat_sparse_attention"} <= names
     assert not any(n.startswith("sat_topk") and n != "sat_topk" for n in names)
