@@ -10,6 +10,7 @@ _settings.default_threads()
 from . import targets  # noqa: E402
 from .block import AttentionBlock, CausalMode, KVMap, ScaleMode  # noqa: E402
 from .calibrate import LayerProfile, ProfileError, SparsityProfile  # noqa: E402
+from .npu.options import NPUOptions  # noqa: E402
 from .passes import (AttentionReport, DetectAttention, SplitSparseAttention,  # noqa: E402
                      UnsupportedAttentionError, lowering, pipeline)
 
@@ -17,6 +18,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "targets", "pipeline", "lowering", "DetectAttention", "SplitSparseAttention", "AttentionReport",
-    "UnsupportedAttentionError",
+    "UnsupportedAttentionError", "NPUOptions",
     "SparsityProfile", "LayerProfile", "ProfileError", "AttentionBlock", "CausalMode", "KVMap", "ScaleMode",
 ]

@@ -11,6 +11,8 @@ def add_parser(sub) -> None:
     p.add_argument("--k-min", type=int, default=16, help="minimum keys kept per row (default 16)")
     p.add_argument("--repeat", type=int, default=3, help="timing repetitions, best of (default 3)")
     p.add_argument("--report", metavar="FILE", help="also write the detection report as JSON")
+    p.add_argument("--trace", metavar="FILE",
+                   help="also run the two-lane NPU/CPU head pipeline and write a Chrome trace (Perfetto)")
     p.set_defaults(run=run)
 
 
@@ -27,4 +29,10 @@ def run(args) -> int:
     print(result.table())
     if args.report:
         result.report.save(args.report)
+    if args.trace:
+        from ..npu.demo import run_pipelined_demo
+
+        print()
+        print(run_pipelined_demo(tokens=args.tokens, keep=args.keep, k_min=args.k_min, repeat=args.repeat,
+                                 trace=args.trace).table())
     return 0

@@ -1,9 +1,11 @@
 """The shadowAttn Relax passes, one per file, and the pipeline composing them."""
+from .bucket_pilot import BucketPilot
 from .detect_attention import DetectAttention
+from .pipeline_heads import PipelineHeads
 from .pipeline import UnsupportedAttentionError, lowering, pipeline
 from .schedule_default_cpu import ScheduleDefaultCPU
 from .report import AttentionReport, Candidate
 from .split_sparse_attention import SplitSparseAttention
 
-__all__ = ["DetectAttention", "SplitSparseAttention", "pipeline", "AttentionReport", "Candidate",
+__all__ = ["BucketPilot", "PipelineHeads", "DetectAttention", "SplitSparseAttention", "pipeline", "AttentionReport", "Candidate",
            "UnsupportedAttentionError", "lowering", "ScheduleDefaultCPU"]
