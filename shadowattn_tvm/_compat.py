@@ -16,6 +16,7 @@ from tvm.script import relax as R
 from tvm.script import tirx as T
 
 structural_equal = tvm_ffi.structural_equal
+structural_hash = tvm_ffi.structural_hash
 
 
 def runtime_tensor(array, device=None):
@@ -25,7 +26,7 @@ def runtime_tensor(array, device=None):
 
 __all__ = [
     "tvm", "rpc", "Analyzer", "Op", "Constant", "relax", "te", "tirx", "s_tir", "dpl", "PyExprMutator", "mutator", "Schedule",
-    "R", "T", "structural_equal", "runtime_tensor", "meta_schedule", "constant_value",
+    "R", "T", "structural_equal", "structural_hash", "runtime_tensor", "meta_schedule", "constant_value",
 ]
 
 

@@ -8,6 +8,11 @@ Phases (numbered as in DESIGN.md; 3 and 4 run only with ``npu=NPUOptions(...)``)
   4 pipeline     : PipelineHeads - async NPU launches in the planner's order, waits where data flows
   5 lower        : TVM's default Relax lowering for the target, plus, on CPUs, a default
                    schedule for every kernel that has none (`lowering()`; omit with lower=False)
+
+With ``tune_logs=DIR`` (a MetaSchedule database from `shadowattn tune`), sparse kernels whose tuned
+record beats the hand-written one are emitted in their tunable form before phase 5
+(`UseTunableKernels`), and phase 5 schedules every kernel by its record where the record wins
+(`ApplyTuningDatabase`); ``.tuning`` on the returned pass then lists those choices.
 """
 from __future__ import annotations
 
@@ -17,19 +22,27 @@ from .._compat import relax, tvm
 from ..block import ScaleMode
 from ..calibrate.profile import ProfileError, SparsityProfile, check_keep
 from ..npu.options import NPUOptions
+from ..schedules.tune_database import TuningDatabase
+from .apply_tuning_database import ApplyTuningDatabase
 from .bucket_pilot import BucketPilot
 from .detect_attention import DetectAttention
 from .pipeline_heads import PipelineHeads
 from .report import AttentionReport
 from .schedule_default_cpu import ScheduleDefaultCPU
 from .split_sparse_attention import SplitSparseAttention
+from .use_tunable_kernels import UseTunableKernels
 
 
-def lowering(target=None) -> tvm.transform.Pass:
+def lowering(target=None, database: TuningDatabase | str | Path | None = None) -> tvm.transform.Pass:
     """Phase 5: TVM's default Relax lowering, with `ScheduleDefaultCPU` after LegalizeOps on CPUs.
 
     Usable alone for a scheduled dense build: ``tvm.compile(mod, relax_pipeline=sat.lowering())``.
+    database: tuning logs (`TuningDatabase` or its directory) applied before the default schedules
+    on CPUs; the returned pass's ``.tuning`` (`ApplyTuningDatabase`) lists what they scheduled.
     """
+    if database is not None and not isinstance(database, TuningDatabase):
+        database = TuningDatabase(database)
+    tuning = None if database is None else ApplyTuningDatabase(database, target)
 
     @tvm.transform.module_pass(opt_level=0, name="ShadowAttnLowering")
     def _lower(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
@@ -40,6 +53,7 @@ def lowering(target=None) -> tvm.transform.Pass:
             relax.backend.DispatchSampling(),
             relax.backend.DispatchSortScan(),
             relax.transform.LegalizeOps(),
+            *([tuning] if tuning is not None else []),
             ScheduleDefaultCPU(),
             relax.transform.RewriteDataflowReshape(),
             relax.transform.ToNonDataflow(),
@@ -55,6 +69,7 @@ def lowering(target=None) -> tvm.transform.Pass:
         ]
         return tvm.transform.Sequential(seq)(mod)
 
+    _lower.tuning = tuning  # type: ignore[attr-defined]
     return _lower
 
 
@@ -73,6 +88,7 @@ def pipeline(
     lower: bool = True,
     dump_ir: str | Path | None = None,
     npu: NPUOptions | None = None,
+    tune_logs: TuningDatabase | str | Path | None = None,
 ) -> tvm.transform.Pass:
     """Build the shadowAttn pass set.
 
@@ -87,6 +103,8 @@ def pipeline(
     dump_ir: a directory; the IR after each phase is written there as TVMScript.
     npu: run the NPU-lane phases 3 (BucketPilot) and 4 (PipelineHeads) with these options; the
         compiled program then needs static shapes and calls the NPU lane (`runtime.lanes`).
+    tune_logs: a MetaSchedule database directory (`shadowattn tune`) or `TuningDatabase`: tuned
+        kernels replace shipped ones where their records are faster (see the module docstring).
     """
     if profile is None:
         if keep is None:
@@ -106,6 +124,10 @@ def pipeline(
     if npu is not None:
         bucket, schedule = BucketPilot(npu, profile, k_min=k_min), PipelineHeads(npu.costs)
         phases += [("3_bucket", bucket), ("4_pipeline", schedule)]
+    database = tune_logs if tune_logs is None or isinstance(tune_logs, TuningDatabase) else TuningDatabase(tune_logs)
+    if database is not None:  # checked before phase 5, which looks up the same choices again
+        phases.append(("4b_tunable", UseTunableKernels(select=lambda f: _tuned_wins(database, f))))
+    lower_pass = lowering(database=database)
     dump_dir = Path(dump_ir) if dump_ir is not None else None
 
     @tvm.transform.module_pass(opt_level=0, name="ShadowAttnPipeline")
@@ -122,11 +144,17 @@ def pipeline(
                 + "\n".join(f"  {c.function}: {c.reason}" for c in report.dense)
             )
         if lower:
-            mod = lowering()(mod)
+            mod = lower_pass(mod)
         return mod
 
     _pipeline.report = report  # type: ignore[attr-defined]
+    _pipeline.tuning = lower_pass.tuning  # type: ignore[attr-defined]
     if npu is not None:  # after a run: .bucket_pilot.graphs (GraphEntry), .pipeline_heads.plans (LayerPlan)
         _pipeline.bucket_pilot = bucket  # type: ignore[attr-defined]
         _pipeline.pipeline_heads = schedule  # type: ignore[attr-defined]
     return _pipeline
+
+
+def _tuned_wins(database: TuningDatabase, func) -> bool:
+    choice = database.choice("sat_sparse_attention", func)
+    return choice is not None and choice.use_tuned

@@ -1,51 +1,35 @@
-"""MetaSchedule tuning of the shadowAttn kernels into ``tune_logs/<device>/`` (MetaSchedule's layout).
+"""MetaSchedule tuning of a model's kernels into ``tune_logs/<device>/`` (MetaSchedule's layout).
 
     result = tune("host", trials=64)                                   # measured on this machine
     result = tune("snapdragon-8gen3", trials=64, endpoint=Endpoint("127.0.0.1", 9190, "snapdragon-8gen3"))
 
-XGBoost cost model, evolutionary search. Records land in ``database_workload.json`` and
-``database_tuning_record.json`` as they are measured, so an interrupted run loses nothing and a
-re-run continues from them. Workarounds for TVM 0.27 (see TVM_0_27.md): our own ``f_build`` (the
-default imports every tensor intrinsic, ~30 s per worker) and an ``f_alloc_argument`` that gives
-integer inputs valid row indices (random int32 would make the gather read out of bounds).
+Tasks come from the compiled model (`tune_tasks.model_tasks`): the sparse attention in its
+tunable TE form, the model's matmuls and its other legalized ops. XGBoost cost model,
+evolutionary search, MetaSchedule's gradient task scheduler spreading the trials over the tasks.
+Records land in ``database_workload.json`` and ``database_tuning_record.json`` as they are
+measured, so an interrupted run loses nothing and a re-run continues from them. Workarounds for
+TVM 0.27 (see TVM_0_27.md): our own ``f_build`` (the default imports every tensor intrinsic,
+~30 s per worker) and an ``f_alloc_argument`` that gives integer inputs valid row indices
+(random int32 would make the gather read out of bounds).
 
-Tuned kernel: the generic TE definition of the sparse attention (`ops.sparse_attention`); the
-hand-written static-shape kernel the pipeline ships is already scheduled and has nothing to tune.
+Each task's shipped kernel (the hand-written one, or the default CPU schedule) is measured by the
+same builder and runner into ``shipped_baseline.json`` (`tune_database.BASELINE_FILE`): compile
+applies a tuned record only where it beats that baseline.
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
 
 from .._compat import meta_schedule, tvm
-from ..block import max_keep_count
 from ..targets import DeviceProfile
 from ..targets import get as get_device
+from .tune_database import TuningDatabase, workload_key
+from .tune_tasks import TuneTask, model_tasks
 
-
-@dataclass(frozen=True)
-class TuneTask:
-    name: str
-    func: Any = field(compare=False)  # PrimFunc, unscheduled
-    index_bound: int  # integer inputs get values in [0, index_bound)
-
-
-def _sparse_attention_task(tokens: int, keep: float, k_min: int) -> TuneTask:
-    from ..builder.models import get_model
-    from ..ops.sparse_attention import _sparse_attention_te  # see the report: wants a public name
-    from ..testing import AttentionSpec
-
-    spec = AttentionSpec(**get_model("default", tokens).config)
-    block = spec.block()
-    top_k = max_keep_count(keep, tokens, k_min)
-    func = _sparse_attention_te(block, (spec.batch, spec.heads, tokens, spec.head_dim), tokens, spec.head_dim, top_k)
-    return TuneTask("sparse_attention", func.with_attr("global_symbol", "main"), index_bound=tokens)
-
-
-TASKS: dict[str, Callable[[int, float, int], TuneTask]] = {"sparse_attention": _sparse_attention_task}
+SPARSE_TASK = "sat_sparse_attention_te"
 
 
 @dataclass(frozen=True)
@@ -53,6 +37,7 @@ class TuneResult:
     work_dir: Path
     records: int  # tuning records in the database (all runs so far)
     best_ms: dict  # task name -> best measured latency in ms (None: nothing valid yet)
+    shipped_ms: dict  # task name -> measured latency of the kernel compile ships without the database
     seconds: float
 
 
@@ -181,80 +166,109 @@ def default_work_dir(device: DeviceProfile) -> Path:
     return Path("tune_logs") / device.name
 
 
-def tune(device: str | DeviceProfile, *, tasks=("sparse_attention",), trials: int = 64, tokens: int = 1024,
+def _select(all_tasks: list[TuneTask], names) -> list[TuneTask]:
+    if names is None:
+        return all_tasks
+    known = {t.name for t in all_tasks} | {"sparse_attention"}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown tuning tasks {unknown}; known: {sorted(known)}")
+    wanted = {SPARSE_TASK if n == "sparse_attention" else n for n in names}
+    return [t for t in all_tasks if t.name in wanted]
+
+
+def _measure_shipped(database: TuningDatabase, tasks, device, builder, runner, log) -> dict:
+    """Latency of each task's shipped kernel through the tuning builder and runner (once per workload)."""
+    ms = meta_schedule()
+    shipped = {}
+    for task in tasks:
+        known = database.baselines.get(workload_key(task.func))
+        if known is not None:
+            shipped[task.name] = float(known["shipped_ms"])
+            continue
+        built = builder.build([ms.builder.BuilderInput(tvm.IRModule({"main": task.shipped}), device.cpu)])[0]
+        if built.error_msg:
+            log(f"[tune] {task.name}: shipped kernel did not build ({built.error_msg.splitlines()[0]})")
+            continue
+        args = ms.arg_info.ArgInfo.from_prim_func(task.func)  # static shapes; the shipped kernel's may be symbolic
+        best = math.inf
+        for _ in range(3):  # the best of three runs, as the records are the best of many candidates
+            result = runner.run([ms.runner.RunnerInput(built.artifact_path, device.cpu.kind.name
+                                                       if device.cpu.kind.name != "llvm" else "cpu", args)])[0].result()
+            if result.run_secs:
+                best = min(best, 1e3 * sum(float(s) for s in result.run_secs) / len(result.run_secs))
+        if math.isfinite(best):
+            kernel = "hand-written" if task.shipped.attrs is not None and "tirx.is_scheduled" in task.shipped.attrs \
+                and task.name == SPARSE_TASK else "default schedule"
+            database.save_baseline(task.func, task.name, best, kernel)
+            shipped[task.name] = best
+    return shipped
+
+
+def tune(device: str | DeviceProfile, *, model: str = "default", tasks=None, trials: int = 64, tokens: int = 1024,
          keep: float = 0.2, k_min: int = 16, work_dir: str | Path | None = None, endpoint=None,
          trials_per_iter: int = 16, timeout: float = 120.0, log=print) -> TuneResult:
-    """Tune `tasks` for `device`; `endpoint` (a tracker `rpc_session.Endpoint`) measures on a device."""
+    """Tune the kernels of `model` (or only `tasks`, by name) for `device`, `trials` in all.
+
+    `endpoint` (a tracker `rpc_session.Endpoint`) measures on a device instead of this machine.
+    """
     ms = meta_schedule()
     device = get_device(device)
     if device.is_cross and endpoint is None:
         raise ValueError(f"{device.name} code cannot run here: give an RPC tracker endpoint to measure on")
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown:
-        raise ValueError(f"unknown tuning tasks {unknown}; known: {sorted(TASKS)}")
+    selected = _select(model_tasks(model, tokens, keep, k_min, device.cpu), tasks)
     work = Path(work_dir) if work_dir is not None else default_work_dir(device)
     work.mkdir(parents=True, exist_ok=True)
+    for name in ("database_workload.json", "database_tuning_record.json"):
+        (work / name).touch()
     start = time.perf_counter()
-    best = {}
-    for name in tasks:
-        task = TASKS[name](tokens, keep, k_min)
-        log(f"[tune] {name} for {device.name}: {trials} trials, measured "
-            f"{'on ' + endpoint.describe() if endpoint else 'on this machine'}; records in {work}")
-        ms.tune_tir(
-            task.func, device.cpu, str(work), max_trials_global=trials,
-            num_trials_per_iter=min(trials_per_iter, trials),
-            builder=ms.builder.LocalBuilder(f_build=_build, f_export=_exporter(device.cross_compiler), max_workers=1,
-                                            timeout_sec=timeout),
-            runner=_runner(endpoint, task.index_bound, timeout),
-            database=ms.database.JSONDatabase(work_dir=str(work)), space=_space(),
-            measure_callbacks=ms.measure_callback.MeasureCallback.create("default") + [_progress_callback(trials, log)],
-            strategy=ms.search_strategy.EvolutionarySearch(population_size=max(64, 4 * trials),
-                                                           init_min_unmeasured=16, genetic_num_iters=2),
-            num_tuning_cores=max(1, int(device.cpu.attrs.get("num-cores", 1)) if not device.is_cross else 1),
-            seed=0,
-        )
-        best[name] = best_latency_ms(work, task, device)
-    database = ms.database.JSONDatabase(work_dir=str(work))
-    return TuneResult(work_dir=work, records=len(database), best_ms=best, seconds=time.perf_counter() - start)
+    log(f"[tune] {model} for {device.name}: {len(selected)} kernels ({', '.join(t.name for t in selected)}), "
+        f"{trials} trials, measured {'on ' + endpoint.describe() if endpoint else 'on this machine'}; records in {work}")
+    index_bound = min(t.index_bound for t in selected)
+    builder = ms.builder.LocalBuilder(f_build=_build, f_export=_exporter(device.cross_compiler), max_workers=1,
+                                      timeout_sec=timeout)
+    runner = _runner(endpoint, index_bound, timeout)
+    cores = max(1, int(device.cpu.attrs.get("num-cores", 1)) if not device.is_cross else 1)
+    contexts = [
+        ms.TuneContext(mod=tvm.IRModule({"main": task.func}), target=device.cpu, space_generator=_space(),
+                       search_strategy=ms.search_strategy.EvolutionarySearch(
+                           population_size=max(64, 4 * trials_per_iter), init_min_unmeasured=16, genetic_num_iters=2),
+                       task_name=task.name, rand_state=seed, num_threads=cores).clone()
+        for seed, task in enumerate(selected)
+    ]
+    ms.tune_tasks(
+        tasks=contexts, task_weights=[float(t.weight) for t in selected], work_dir=str(work),
+        max_trials_global=trials, num_trials_per_iter=min(trials_per_iter, trials),
+        builder=builder, runner=runner, database=ms.database.JSONDatabase(work_dir=str(work)),
+        measure_callbacks=ms.measure_callback.MeasureCallback.create("default") + [_progress_callback(trials, log)],
+        task_scheduler="gradient",
+    )
+    database = TuningDatabase(work)
+    shipped = _measure_shipped(database, selected, device, builder, runner, log)
+    return TuneResult(work_dir=work, records=len(database), best_ms={t.name: database.best_ms(t.func) for t in selected},
+                      shipped_ms=shipped, seconds=time.perf_counter() - start)
 
 
-def best_latency_ms(work_dir: str | Path, task: TuneTask, device: DeviceProfile) -> float | None:
-    """Best recorded mean latency of `task` in the database, or None."""
-    ms = meta_schedule()
-    database = ms.database.JSONDatabase(work_dir=str(work_dir))
-    mod = tvm.IRModule({"main": task.func})
-    if not database.has_workload(mod):
-        return None
-    records = database.get_top_k(database.commit_workload(mod), 1)
-    valid = [r for r in records if r.run_secs and all(float(s) < 1e9 for s in r.run_secs)]
-    if not valid:
-        return None
-    return 1e3 * sum(float(s) for s in valid[0].run_secs) / len(valid[0].run_secs)
-
-
-def apply_best(work_dir: str | Path, task: TuneTask, device: DeviceProfile):
-    """The task's PrimFunc scheduled by the best record (None if the database has none)."""
-    ms = meta_schedule()
-    database = ms.database.JSONDatabase(work_dir=str(work_dir))
-    sch = ms.tir_integration.compile_tir(database, task.func, device.cpu)
-    return None if sch is None else sch.mod["main"]
-
-
-def _time_ms(func, target, index_bound: int, repeat: int = 5) -> float:
-    lib = tvm.compile(func, target=target).mod
-    args = [tvm.runtime.tensor(a) for a in next(_arrays(meta_schedule().arg_info.ArgInfo.from_prim_func(func),
-                                                         index_bound, 1))]
-    return float(1e3 * lib.time_evaluator("main", tvm.cpu(), number=3, repeat=repeat)(*args).min)
-
-
-def compare_on_host(work_dir: str | Path, *, tokens: int = 1024, keep: float = 0.2, k_min: int = 16,
-                    task: str = "sparse_attention") -> dict:
-    """Untuned vs tuned latency of `task` measured now, side by side, on this machine (host records)."""
+def compare_on_host(work_dir: str | Path, *, model: str = "default", tokens: int = 1024, keep: float = 0.2,
+                    k_min: int = 16, repeat: int = 5) -> list[dict]:
+    """Shipped vs tuned latency of each recorded kernel, measured now side by side on this machine."""
     device = get_device("host")
-    item = TASKS[task](tokens, keep, k_min)
-    tuned = apply_best(work_dir, item, device)
-    untuned_ms = _time_ms(item.func, device.cpu, item.index_bound)
-    tuned_ms = None if tuned is None else _time_ms(tuned.with_attr("global_symbol", "main"), device.cpu,
-                                                   item.index_bound)
-    return {"task": task, "tokens": tokens, "untuned_ms": untuned_ms, "tuned_ms": tuned_ms,
-            "speedup": None if tuned_ms is None else float(untuned_ms / tuned_ms)}
+    database = TuningDatabase(work_dir)
+    rows = []
+    for task in model_tasks(model, tokens, keep, k_min, device.cpu):
+        tuned = database.scheduled(task.func, device.cpu)
+        if tuned is None:
+            continue
+        shipped_ms = _time_ms(task.shipped, task.func, device.cpu, task.index_bound, repeat)
+        tuned_ms = _time_ms(tuned, task.func, device.cpu, task.index_bound, repeat)
+        rows.append({"task": task.name, "shipped_ms": shipped_ms, "tuned_ms": tuned_ms,
+                     "speedup": shipped_ms / tuned_ms})
+    return rows
+
+
+def _time_ms(func, like, target, index_bound: int, repeat: int) -> float:
+    """Best-of-`repeat` latency of `func` called with arrays shaped like `like`'s (static) arguments."""
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target).mod
+    infos = meta_schedule().arg_info.ArgInfo.from_prim_func(like)
+    args = [tvm.runtime.tensor(a) for a in next(_arrays(infos, index_bound, 1))]
+    return float(1e3 * lib.time_evaluator("main", tvm.cpu(), number=3, repeat=repeat)(*args).min)

@@ -1,0 +1,129 @@
+"""A tuning database as compile reads it: ``tune_logs/<device>/``, checked, with shipped baselines.
+
+MetaSchedule's JSON layout (``database_workload.json``, ``database_tuning_record.json``) plus our
+``shipped_baseline.json``: per workload, the latency of the kernel compile uses without a
+database (hand-written, or default-scheduled), measured by `tune` with the same runner as the
+records. A tuned record is used only when its latency beats that baseline (`Choice.use_tuned`);
+without a baseline (e.g. a database tuned elsewhere) the record is used and the choice says so.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .._compat import meta_schedule, structural_hash, tirx
+from .tune_tasks import normalize, workload_module
+
+WORKLOADS, RECORDS, BASELINE_FILE = "database_workload.json", "database_tuning_record.json", "shipped_baseline.json"
+_INVALID_SECS = 1e9  # MetaSchedule writes 1e10 s for a failed run
+
+
+class TuneLogsError(ValueError):
+    """A tuning-log directory that cannot be used; the message names the fix."""
+
+
+def workload_key(func: "tirx.PrimFunc") -> str:
+    return str(structural_hash(workload_module(func)))
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What compile does with one kernel that the database has a record for."""
+
+    name: str
+    tuned_ms: float
+    shipped_ms: float | None  # None: no baseline measured for this workload
+
+    @property
+    def use_tuned(self) -> bool:
+        return self.shipped_ms is None or self.tuned_ms < self.shipped_ms
+
+    def describe(self) -> str:
+        shipped = "no baseline" if self.shipped_ms is None else f"shipped {self.shipped_ms:.3f} ms"
+        verdict = "tuned" if self.use_tuned else "shipped kept"
+        return f"{self.name}: {verdict} (record {self.tuned_ms:.3f} ms, {shipped})"
+
+
+class TuningDatabase:
+    """A checked MetaSchedule JSON database with the baselines `tune` measured."""
+
+    def __init__(self, work_dir: str | Path, *, fix: str = "re-run `shadowattn tune`"):
+        self.work_dir = Path(work_dir)
+        if not self.work_dir.is_dir():
+            raise TuneLogsError(f"tuning logs {self.work_dir} do not exist: {fix} to create them")
+        missing = [name for name in (WORKLOADS, RECORDS) if not (self.work_dir / name).is_file()]
+        if missing:
+            raise TuneLogsError(f"tuning logs {self.work_dir} lack {', '.join(missing)} (MetaSchedule's JSON layout): "
+                                f"{fix} with -o {self.work_dir}")
+        for name in (WORKLOADS, RECORDS):
+            for number, line in enumerate((self.work_dir / name).read_text().splitlines(), 1):
+                try:
+                    if line.strip():
+                        json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise TuneLogsError(f"{self.work_dir / name}:{number} is not JSON ({err.msg}): delete the directory "
+                                        f"and {fix}, or remove the broken line") from None
+        try:
+            self.db = meta_schedule().database.JSONDatabase(work_dir=str(self.work_dir), allow_missing=False)
+        except Exception as err:  # noqa: BLE001 - TVM raises a bare error for records it cannot parse
+            raise TuneLogsError(f"MetaSchedule cannot read the tuning logs in {self.work_dir} ({str(err).splitlines()[0]}):"
+                                f" delete the directory and {fix}") from None
+        self.baselines = _read_baselines(self.work_dir / BASELINE_FILE)
+
+    def __len__(self) -> int:
+        return len(self.db)
+
+    def workloads(self) -> int:
+        return sum(1 for line in (self.work_dir / WORKLOADS).read_text().splitlines() if line.strip())
+
+    def best_ms(self, func: "tirx.PrimFunc") -> float | None:
+        """Best valid recorded latency of `func`'s workload in ms, or None (no workload or no valid record)."""
+        mod = workload_module(func)
+        if not self.db.has_workload(mod):
+            return None
+        for record in self.db.get_top_k(self.db.commit_workload(mod), 1):
+            secs = [float(s) for s in record.run_secs or []]
+            if secs and all(s < _INVALID_SECS for s in secs):
+                return 1e3 * sum(secs) / len(secs)
+        return None
+
+    def choice(self, name: str, func: "tirx.PrimFunc") -> Choice | None:
+        """The record-vs-baseline choice for `func`, or None when the database has no valid record."""
+        tuned = self.best_ms(func)
+        if tuned is None:
+            return None
+        base = self.baselines.get(workload_key(func))
+        return Choice(name, tuned, None if base is None else float(base["shipped_ms"]))
+
+    def scheduled(self, func: "tirx.PrimFunc", target) -> "tirx.PrimFunc | None":
+        """`func` scheduled by its best record (marked ``tirx.is_scheduled``), attributes kept."""
+        sch = self.db.query_schedule(workload_module(func), target=target, workload_name="main")
+        if sch is None:
+            return None
+        out = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+        symbol = func.attrs["global_symbol"] if func.attrs is not None and "global_symbol" in func.attrs else None
+        return out.without_attr("global_symbol") if symbol is None else out.with_attr("global_symbol", symbol)
+
+    def save_baseline(self, func: "tirx.PrimFunc", name: str, shipped_ms: float, kernel: str) -> None:
+        self.baselines[workload_key(func)] = {"task": name, "shipped_ms": shipped_ms, "kernel": kernel}
+        path = self.work_dir / BASELINE_FILE
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.baselines, indent=1, sort_keys=True) + "\n")
+        tmp.replace(path)
+
+
+def _read_baselines(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or not all(isinstance(v, dict) and "shipped_ms" in v for v in data.values()):
+            raise ValueError("expected {workload hash: {task, shipped_ms, kernel}}")
+        return data
+    except ValueError as err:
+        raise TuneLogsError(f"{path} is malformed ({err}): delete it and re-run `shadowattn tune` to re-measure "
+                            "the shipped kernels") from None
+
+
+__all__ = ["TuningDatabase", "TuneLogsError", "Choice", "workload_key", "normalize", "BASELINE_FILE"]
