@@ -24,7 +24,7 @@ from .artifacts import DEFAULT_WRITERS, ArtifactWriter, BuildContext
 from .directory import BuildDirError, staging
 from .manifest import Manifest, ManifestError
 from .models import DEFAULT_TOKENS, MODELS, get_model, make_inputs
-from .options import BuildOptions, compile_model
+from .options import BuildOptions, compile_model, log_tuning
 
 __all__ = ["compile_to_dir", "BuildResult", "BuildOptions", "BuildDirError", "Manifest", "ManifestError",
            "ArtifactWriter", "DEFAULT_WRITERS", "MODELS", "DEFAULT_TOKENS", "get_model", "make_inputs",
@@ -49,19 +49,24 @@ class BuildResult:
 def compile_to_dir(device: str | DeviceProfile, out_dir: str | Path, *, model: str = "default",
                    tokens: int = DEFAULT_TOKENS, keep: float | None = 0.2, k_min: int = 16,
                    profile: SparsityProfile | None = None, report: AttentionReport | None = None,
-                   writers: tuple = DEFAULT_WRITERS, log=print) -> BuildResult:
+                   writers: tuple = DEFAULT_WRITERS, tune_logs: str | Path | None = None, log=print) -> BuildResult:
     """Compile `model` at `tokens` for `device` (a profile name, file or `DeviceProfile`) into `out_dir`.
 
     keep/k_min/profile are the shadowAttn pipeline's (`sat.pipeline`); `report` is filled with the
-    attention candidates. Raises ValueError for unknown models/devices/options, BuildDirError if
-    `out_dir` is a non-empty directory that is not a previous build.
+    attention candidates. `tune_logs`: a MetaSchedule database (`shadowattn tune`) whose records
+    schedule the kernels they beat (`passes.ApplyTuningDatabase`). Raises ValueError for unknown
+    models/devices/options or unusable tune logs, BuildDirError if `out_dir` is a non-empty
+    directory that is not a previous build.
     """
     from .. import __version__  # lazily: the package root may import this module while it initialises
 
     start = time.perf_counter()
     device = get_device(device)
     built = get_model(model, tokens)
-    options = BuildOptions(keep=keep if profile is None else None, k_min=k_min, profile=profile)
+    options = BuildOptions(keep=keep if profile is None else None, k_min=k_min, profile=profile,
+                           tune_logs=None if tune_logs is None else str(tune_logs))
+    if options.tune_logs is not None:
+        log_tuning(built.mod, device.cpu, options, log)
     report = report if report is not None else AttentionReport()
     out_dir = Path(out_dir).expanduser().absolute()
     with staging(out_dir) as tmp:

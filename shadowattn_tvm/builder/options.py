@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from .._compat import tvm
 from ..calibrate.profile import SparsityProfile, check_keep
 from ..passes import AttentionReport, pipeline
+from ..schedules.tune_database import TuneLogsError, TuningDatabase
 
 
 @dataclass(frozen=True)
@@ -13,6 +15,7 @@ class BuildOptions:
     keep: float | None = 0.2  # None: take the ratio from `profile`
     k_min: int = 16
     profile: SparsityProfile | None = None
+    tune_logs: str | None = None  # MetaSchedule database directory (`shadowattn tune`); None: shipped kernels
 
     def __post_init__(self):
         if self.keep is None and self.profile is None:
@@ -23,20 +26,72 @@ class BuildOptions:
             raise ValueError(f"k_min must be >= 1, got {self.k_min}")
 
     def to_json(self) -> dict:
-        return {"keep": self.keep, "k_min": self.k_min,
+        data = {"keep": self.keep, "k_min": self.k_min,
                 "profile": None if self.profile is None else self.profile.to_json()}
+        if self.tune_logs is not None:  # absent key: a build without a database (older manifests too)
+            data["tune_logs"] = self.tune_logs
+        return data
 
     @classmethod
     def from_json(cls, data: dict) -> "BuildOptions":
         profile = data.get("profile")
         return cls(keep=data.get("keep"), k_min=int(data.get("k_min", 16)),
-                   profile=None if profile is None else SparsityProfile.from_json(profile))
+                   profile=None if profile is None else SparsityProfile.from_json(profile),
+                   tune_logs=data.get("tune_logs"))
 
-    def relax_pipeline(self, report: AttentionReport | None = None):
+    def database(self) -> TuningDatabase | None:
+        """The checked tuning database, or None; TuneLogsError (a ValueError) names the fix."""
+        return None if self.tune_logs is None else TuningDatabase(self.tune_logs)
+
+    def relax_pipeline(self, report: AttentionReport | None = None, database: TuningDatabase | None = None):
         keep = None if self.profile is not None and self.profile.layers else self.keep
-        return pipeline(keep=keep, profile=self.profile, report=report, k_min=self.k_min)
+        database = database if database is not None else self.database()
+        return pipeline(keep=keep, profile=self.profile, report=report, k_min=self.k_min, tune_logs=database)
 
 
-def compile_model(mod, target, options: BuildOptions, report: AttentionReport | None = None):
-    """``tvm.compile`` with the shadowAttn pipeline: the one place a build's executable is made."""
-    return tvm.compile(mod, target=target, relax_pipeline=options.relax_pipeline(report))
+def default_tune_logs(device_name: str) -> str | None:
+    """``tune_logs/<device>`` (relative to the working directory) if it exists, else None."""
+    path = Path("tune_logs") / device_name
+    return str(path) if path.is_dir() else None
+
+
+def compile_model(mod, target, options: BuildOptions, report: AttentionReport | None = None, log=None):
+    """``tvm.compile`` with the shadowAttn pipeline: the one place a build's executable is made.
+
+    log: called with one line per tuned kernel and a coverage line when `options.tune_logs` is set.
+    """
+    database = options.database()
+    relax_pipeline = options.relax_pipeline(report, database)
+    executable = tvm.compile(mod, target=target, relax_pipeline=relax_pipeline)
+    if log is not None and database is not None:
+        for line in tuning_summary(relax_pipeline.tuning, database):
+            log(line)
+    return executable
+
+
+def log_tuning(mod, target, options: BuildOptions, log) -> None:
+    """Log which kernels of `mod` the tuning database schedules (the compile's own choices, ahead of it)."""
+    database = options.database()
+    if database is None:
+        return
+    log(f"[compile] tuning logs {database.work_dir}: {database.workloads()} workloads, {len(database)} records")
+    relax_pipeline = options.relax_pipeline(None, database)
+    with tvm.target.Target(target):
+        relax_pipeline(mod)  # phases 0-5 without codegen: fills .tuning as the real build will
+    for line in tuning_summary(relax_pipeline.tuning, database):
+        log(line)
+
+
+def tuning_summary(tuning, database: TuningDatabase) -> list[str]:
+    """What a compile took from the database: one line per kernel with a record, then the coverage."""
+    lines = [f"[compile]   {choice.describe()}" for choice in tuning.choices]
+    used = sum(1 for c in tuning.choices if c.use_tuned)
+    lines.append(f"[compile] tuning logs {database.work_dir}: {len(tuning.choices)} of {tuning.tunable} tunable "
+                 f"kernels have records, {used} scheduled from the database, the rest by the shipped schedules")
+    if tuning.tunable and not tuning.choices:
+        lines.append(f"[compile] warning: {database.work_dir} matches none of this build's kernels (tuned for "
+                     "another model, length or keep?): re-run `shadowattn tune` with the same MODEL/--tokens/--keep")
+    return lines
+
+
+__all__ = ["BuildOptions", "compile_model", "default_tune_logs", "log_tuning", "tuning_summary", "TuneLogsError"]

@@ -20,19 +20,29 @@ def add_parser(sub) -> None:
     p.add_argument("--keep", type=float, default=0.2, help="fraction of keys kept per row (default 0.2)")
     p.add_argument("--k-min", type=int, default=16, help="minimum keys kept per row (default 16)")
     p.add_argument("--profile", metavar="FILE", help="calibration profile JSON (per-head ratios; overrides --keep)")
+    tuned = p.add_mutually_exclusive_group()
+    tuned.add_argument("--tune-logs", metavar="DIR",
+                       help="MetaSchedule database from `shadowattn tune` (default: tune_logs/<device> if it exists); "
+                            "its records schedule the kernels where they beat the shipped kernels")
+    tuned.add_argument("--no-tune-logs", action="store_true", help="ignore tune_logs/<device>: shipped kernels only")
     p.add_argument("--quiet", action="store_true", help="print only the summary line")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
     from ..builder import BuildDirError, compile_to_dir
+    from ..builder.options import default_tune_logs
     from ..calibrate.profile import ProfileError, SparsityProfile
     from ..runtime.toolchain import ToolchainError
+    from ..targets import get as get_device
 
     try:
         profile = SparsityProfile.load(args.profile) if args.profile else None
+        tune_logs = args.tune_logs
+        if tune_logs is None and not args.no_tune_logs:
+            tune_logs = default_tune_logs(get_device(args.device).name)
         result = compile_to_dir(args.device, args.output, model=args.model, tokens=args.tokens, keep=args.keep,
-                                k_min=args.k_min, profile=profile,
+                                k_min=args.k_min, profile=profile, tune_logs=tune_logs,
                                 log=(lambda _msg: None) if args.quiet else print)
     except (ValueError, ProfileError, BuildDirError, ToolchainError, OSError) as err:
         raise SystemExit(f"shadowattn compile: error: {err}") from None
