@@ -125,14 +125,16 @@ def pipeline(
         bucket, schedule = BucketPilot(npu, profile, k_min=k_min), PipelineHeads(npu.costs)
         phases += [("3_bucket", bucket), ("4_pipeline", schedule)]
     database = tune_logs if tune_logs is None or isinstance(tune_logs, TuningDatabase) else TuningDatabase(tune_logs)
-    if database is not None:  # checked before phase 5, which looks up the same choices again
-        phases.append(("4b_tunable", UseTunableKernels(select=lambda f: _tuned_wins(database, f))))
     lower_pass = lowering(database=database)
+    if database is not None:  # only sparse kernels whose record wins take the tunable form
+        phases.append(("4b_tunable", UseTunableKernels(select=lambda f: _tuned_wins(database, f, lower_pass.tuning))))
     dump_dir = Path(dump_ir) if dump_ir is not None else None
 
     @tvm.transform.module_pass(opt_level=0, name="ShadowAttnPipeline")
     def _pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         report.clear()
+        if lower_pass.tuning is not None:
+            lower_pass.tuning.reset()
         for name, phase in phases:
             mod = phase(mod)
             if dump_dir is not None:
@@ -155,6 +157,9 @@ def pipeline(
     return _pipeline
 
 
-def _tuned_wins(database: TuningDatabase, func) -> bool:
-    choice = database.choice("sat_sparse_attention", func)
-    return choice is not None and choice.use_tuned
+def _tuned_wins(database: TuningDatabase, func, tuning: ApplyTuningDatabase) -> bool:
+    choice = database.choice("sat_sparse_attention (tunable form)", func)
+    wins = choice is not None and choice.use_tuned
+    if not wins:
+        tuning.note_untaken(choice)
+    return wins

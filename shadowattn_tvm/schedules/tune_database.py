@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._compat import meta_schedule, structural_hash, tirx
+from .._compat import Schedule, meta_schedule, structural_hash, tirx, tvm
 from .tune_tasks import normalize, workload_module
 
 WORKLOADS, RECORDS, BASELINE_FILE = "database_workload.json", "database_tuning_record.json", "shipped_baseline.json"
@@ -77,16 +77,20 @@ class TuningDatabase:
     def workloads(self) -> int:
         return sum(1 for line in (self.work_dir / WORKLOADS).read_text().splitlines() if line.strip())
 
-    def best_ms(self, func: "tirx.PrimFunc") -> float | None:
-        """Best valid recorded latency of `func`'s workload in ms, or None (no workload or no valid record)."""
+    def _best_record(self, func: "tirx.PrimFunc"):
         mod = workload_module(func)
         if not self.db.has_workload(mod):
             return None
         for record in self.db.get_top_k(self.db.commit_workload(mod), 1):
             secs = [float(s) for s in record.run_secs or []]
             if secs and all(s < _INVALID_SECS for s in secs):
-                return 1e3 * sum(secs) / len(secs)
+                return record
         return None
+
+    def best_ms(self, func: "tirx.PrimFunc") -> float | None:
+        """Best valid recorded latency of `func`'s workload in ms, or None (no workload or no valid record)."""
+        record = self._best_record(func)
+        return None if record is None else 1e3 * sum(float(s) for s in record.run_secs) / len(record.run_secs)
 
     def choice(self, name: str, func: "tirx.PrimFunc") -> Choice | None:
         """The record-vs-baseline choice for `func`, or None when the database has no valid record."""
@@ -96,11 +100,18 @@ class TuningDatabase:
         base = self.baselines.get(workload_key(func))
         return Choice(name, tuned, None if base is None else float(base["shipped_ms"]))
 
-    def scheduled(self, func: "tirx.PrimFunc", target) -> "tirx.PrimFunc | None":
-        """`func` scheduled by its best record (marked ``tirx.is_scheduled``), attributes kept."""
-        sch = self.db.query_schedule(workload_module(func), target=target, workload_name="main")
-        if sch is None:
+    def scheduled(self, func: "tirx.PrimFunc", target=None) -> "tirx.PrimFunc | None":
+        """`func` scheduled by its best record (marked ``tirx.is_scheduled``), attributes kept.
+
+        The trace is replayed on a deep copy: a Schedule may rewrite the functions of a module it
+        holds the only reference to in place, which would change `func` (and the database's own
+        workload) under the caller. `target` is unused: records are looked up by workload only.
+        """
+        record = self._best_record(func)
+        if record is None:
             return None
+        sch = Schedule(tvm.ir.load_json(tvm.ir.save_json(workload_module(func))))
+        record.trace.apply_to_schedule(sch, remove_postproc=False)
         out = sch.mod["main"].with_attr("tirx.is_scheduled", True)
         symbol = func.attrs["global_symbol"] if func.attrs is not None and "global_symbol" in func.attrs else None
         return out.without_attr("global_symbol") if symbol is None else out.with_attr("global_symbol", symbol)

@@ -1,0 +1,116 @@
+"""Tuning logs in the pipeline: records win only where they beat the shipped kernel; bad logs are named.
+
+Uses hand-made records (`tests.tuning_helpers`), no tuning run: a few seconds per test.
+"""
+import json
+
+import numpy as np
+import pytest
+import tvm
+import tvm_ffi
+from tvm import relax
+
+from shadowattn_tvm.builder.models import get_model, make_inputs
+from shadowattn_tvm.builder.options import BuildOptions, compile_model
+from shadowattn_tvm.passes import pipeline
+from shadowattn_tvm.passes.use_tunable_kernels import UseTunableKernels
+from shadowattn_tvm.schedules.tune_database import BASELINE_FILE, TuneLogsError, TuningDatabase
+
+from ..tuning_helpers import TAG, TARGET, fake_tune_logs
+
+TOKENS = 32
+
+
+def _lowered(tune_logs=None):
+    p = pipeline(keep=0.2, tune_logs=tune_logs)
+    with TARGET:
+        return p(get_model("default", TOKENS).mod), p
+
+
+def _run(tune_logs=None):
+    built = get_model("default", TOKENS)
+    options = BuildOptions(keep=0.2, tune_logs=None if tune_logs is None else str(tune_logs))
+    vm = relax.VirtualMachine(compile_model(built.mod, TARGET, options), tvm.cpu())
+    return vm["main"](*[tvm.runtime.tensor(x) for x in make_inputs(built.inputs)]).numpy()
+
+
+def test_record_faster_than_shipped_swaps_in_the_tuned_sparse_kernel(tmp_path):
+    logs = fake_tune_logs(tmp_path / "host", TOKENS, tuned_ms=0.01, shipped_ms=1.0,
+                          names=("sat_sparse_attention_te", "transpose"))
+    mod, p = _lowered(logs)
+    names = {gv.name_hint for gv in mod.get_global_vars()}
+    assert "sat_sparse_attention_te" in names and "sat_sparse_attention" not in names
+    for kernel in ("sat_sparse_attention_te", "transpose"):  # the record's trace, not a default schedule
+        assert TAG in mod[kernel].script()
+    assert TAG not in mod["transpose1"].script()  # no record: the default schedule fills in
+    assert [(c.name, c.use_tuned) for c in p.tuning.choices] == [("sat_sparse_attention_te", True),
+                                                                 ("transpose", True)]
+    assert p.tuning.tunable == 4
+    np.testing.assert_allclose(_run(logs), _run(None), rtol=1e-5, atol=1e-5)
+
+
+def test_shipped_kernel_faster_than_record_is_kept(tmp_path):
+    logs = fake_tune_logs(tmp_path / "host", TOKENS, tuned_ms=5.0, shipped_ms=1.0,
+                          names=("sat_sparse_attention_te", "transpose"))
+    tuned, p = _lowered(logs)
+    untuned, _ = _lowered(None)
+    assert [(c.name, c.use_tuned) for c in p.tuning.choices] == [("sat_sparse_attention (tunable form)", False),
+                                                                 ("transpose", False)]
+    assert p.tuning.tunable == 4 and "shipped kept" in p.tuning.choices[0].describe()
+    assert tvm_ffi.structural_equal(tuned, untuned)
+
+
+def test_without_logs_nothing_changes_and_mismatched_logs_warn(tmp_path):
+    with_none, p = _lowered(None)
+    assert p.tuning is None
+    logs = fake_tune_logs(tmp_path / "host", 48, tuned_ms=0.01, shipped_ms=1.0)  # another length
+    mismatched, p = _lowered(logs)
+    assert p.tuning.choices == [] and tvm_ffi.structural_equal(with_none, mismatched)
+    lines = []
+    compile_model(get_model("default", TOKENS).mod, TARGET, BuildOptions(keep=0.2, tune_logs=str(logs)),
+                  log=lines.append)
+    assert "0 of 4 tunable kernels have records" in lines[-2]
+    assert "matches none of this build's kernels" in lines[-1] and "re-run `shadowattn tune`" in lines[-1]
+
+
+def test_record_without_baseline_is_used(tmp_path):
+    logs = fake_tune_logs(tmp_path / "host", TOKENS, tuned_ms=50.0, shipped_ms=None)
+    _, p = _lowered(logs)
+    assert [(c.shipped_ms, c.use_tuned) for c in p.tuning.choices] == [(None, True)]
+    assert "no baseline" in p.tuning.choices[0].describe()
+
+
+def test_unusable_logs_name_the_fix(tmp_path):
+    with pytest.raises(TuneLogsError, match="do not exist.*shadowattn tune"):
+        TuningDatabase(tmp_path / "nowhere")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(TuneLogsError, match="lack database_workload.json, database_tuning_record.json"):
+        pipeline(tune_logs=empty)
+    logs = fake_tune_logs(tmp_path / "host", TOKENS, tuned_ms=0.01, shipped_ms=1.0)
+    records = logs / "database_tuning_record.json"
+    good = records.read_text()
+    records.write_text(good + "[0, [[[\n")
+    with pytest.raises(TuneLogsError, match=r"database_tuning_record.json:2 is not JSON.*remove the broken line"):
+        TuningDatabase(logs)
+    records.write_text("[7, [[], []]]\n")  # a record of a workload the file does not have
+    with pytest.raises(TuneLogsError, match="MetaSchedule cannot read .*delete the directory"):
+        TuningDatabase(logs)
+    records.write_text(good)
+    (logs / BASELINE_FILE).write_text(json.dumps({"1": {"task": "x"}}))
+    with pytest.raises(TuneLogsError, match="malformed.*re-measure"):
+        TuningDatabase(logs)
+
+
+def test_use_tunable_kernels_swaps_every_sparse_call_when_extracting():
+    with TARGET:
+        mod = pipeline(keep=0.2, lower=False)(get_model("default", TOKENS).mod)
+    swap = UseTunableKernels()
+    out = swap(mod)
+    assert len(swap.swapped) == 1
+    hand, te = swap.swapped[0]
+    assert "tirx.is_scheduled" in hand.attrs and te.attrs is None or "tirx.is_scheduled" not in te.attrs
+    assert {gv.name_hint for gv in out.get_global_vars()} >= {"sat_sparse_attention_te"}
+    assert "sat_sparse_attention" not in {gv.name_hint for gv in out.get_global_vars()}
+    kept = UseTunableKernels(select=lambda _f: False)
+    assert tvm_ffi.structural_equal(kept(mod), mod) and kept.swapped == []
