@@ -32,3 +32,29 @@ def test_compile_refuses_a_foreign_directory(tmp_path):
     (tmp_path / "thesis.tex").write_text("")
     with pytest.raises(SystemExit, match="refusing to replace"):
         main(["compile", "--device", "host", "-o", str(tmp_path), "--tokens", "32"])
+
+
+def test_compile_applies_tune_logs_of_the_device(tmp_path, monkeypatch, capsys):
+    from .tuning_helpers import fake_tune_logs
+
+    monkeypatch.chdir(tmp_path)
+    fake_tune_logs(tmp_path / "tune_logs" / "host", 32, tuned_ms=0.01, shipped_ms=1.0)
+    assert main(["compile", "--device", "host", "-o", "build", "--tokens", "32"]) == 0  # found by default
+    out = capsys.readouterr().out
+    assert "[compile] tuning logs tune_logs/host: 1 workloads, 1 records" in out
+    assert "sat_sparse_attention_te: tuned (record 0.010 ms, shipped 1.000 ms)" in out
+    assert "1 of 4 tunable kernels have records, 1 scheduled from the database" in out
+    assert json.loads((tmp_path / "build" / "manifest.json").read_text())["pipeline"]["tune_logs"] == "tune_logs/host"
+
+    assert main(["compile", "--device", "host", "-o", "build", "--tokens", "32", "--no-tune-logs"]) == 0
+    assert "tuning logs" not in capsys.readouterr().out
+    assert "tune_logs" not in json.loads((tmp_path / "build" / "manifest.json").read_text())["pipeline"]
+
+
+def test_compile_rejects_unusable_tune_logs(tmp_path):
+    (tmp_path / "logs").mkdir()
+    with pytest.raises(SystemExit, match=r"shadowattn compile: error: tuning logs .*logs lack database_workload.json.*"
+                                         r"shadowattn tune"):
+        main(["compile", "--device", "host", "-o", str(tmp_path / "build"), "--tokens", "32",
+              "--tune-logs", str(tmp_path / "logs")])
+    assert not (tmp_path / "build").exists()
