@@ -116,18 +116,26 @@ def _stmts(stmt):
             yield from _stmts(sub)
 
 
-def _launches(host_mod) -> dict:
-    """kernel symbol -> (kernel args, launch params, launch values) from the host functions."""
-    found = {}
+def _is_call(expr, op: str) -> bool:
+    return isinstance(expr, tvm.ir.Call) and getattr(expr.op, "name", "") == op
+
+
+def _launches(host_mod) -> tuple[dict, dict]:
+    """(kernel symbol -> (kernel args, launch params, launch values), buffer name -> the name of
+    the buffer whose data it views) from the host functions."""
+    found, views = {}, {}
     for func in host_mod.functions.values():
         for stmt in _stmts(func.body):
+            if isinstance(stmt, tirx.DeclBuffer) and _is_call(stmt.data, "tirx.buffer_data"):
+                if stmt.data.args[0].name != stmt.buffer.name:
+                    views[stmt.buffer.name] = stmt.data.args[0].name
             call = getattr(stmt, "value", None) if isinstance(stmt, tirx.Evaluate) else None
-            if isinstance(call, tvm.ir.Call) and getattr(call.op, "name", "") == "tirx.call_ffi_kernel":
+            if _is_call(call, "tirx.call_ffi_kernel"):
                 # flag-only launch tags take no value; thread extents and dynamic shared bytes do
                 params = [str(p) for p in call.attrs.launch_params if str(p) in _GRID + _BLOCK or "dyn" in str(p)]
                 cut = len(call.args) - len(params)
                 found[str(call.args[0].value)] = (list(call.args[1:cut]), params, list(call.args[cut:]))
-    return found
+    return found, views
 
 
 def _value(expr):
@@ -151,13 +159,18 @@ def _arg_names(func) -> tuple[dict, dict]:
     return buffers, dims
 
 
-def _kernel_args(host_args, func) -> tuple:
+def _kernel_args(host_args, func, views: dict) -> tuple:
     buffers, dims = _arg_names(func)
     args = []
     for expr in host_args:
-        if isinstance(expr, tvm.ir.Call) and getattr(expr.op, "name", "") == "tirx.buffer_data":
-            expr = expr.args[0]  # a buffer's data pointer: name it by the buffer
-        name = expr.name if isinstance(expr, tirx.Var) else str(expr)
+        if _is_call(expr, "tirx.buffer_data"):
+            # a buffer's data pointer: name it by the parameter whose data it is (a view with
+            # another dtype is byte-compatible with it; TVM types the kernel argument by the view)
+            name = expr.args[0].name
+            while name not in buffers and name in views:
+                name = views[name]
+        else:
+            name = expr.name if isinstance(expr, tirx.Var) else str(expr)
         if name in buffers:
             ty, param = buffers[name]
             args.append(KernelArg(name, "buffer", str(ty.dtype), param=param))
@@ -183,7 +196,9 @@ def build_source(funcs: "Mapping[str, tirx.PrimFunc] | tirx.PrimFunc", target) -
         funcs = {name: funcs}
     mod = tvm.IRModule({name: func.with_attr("global_symbol", name) for name, func in funcs.items()})
     pipeline, _, finalize_device = _stages(target)  # the host side is the phone runtime's job
-    with target:
+    # no common-subexpression elimination: it would hand kernels host-computed temporaries as
+    # extra scalar arguments; the arguments stay the PrimFunc's own buffers and shape variables
+    with target, tvm.transform.PassContext(config={"tirx.disable_cse_tir": True}):
         mod = pipeline(tirx.transform.BindTarget(target)(mod))
     split = importlib.import_module("tvm.tirx.build").split_host_device_mods
     host_mod, device_mods = split(mod)
@@ -192,7 +207,7 @@ def build_source(funcs: "Mapping[str, tirx.PrimFunc] | tirx.PrimFunc", target) -
         raise OpenCLBuildError(f"{sorted(funcs)} produced no OpenCL kernel: bind loops to blockIdx/threadIdx "
                                f"first (schedules.adreno)")
     build = tvm.get_global_func("target.build.opencl")
-    launches = _launches(host_mod)
+    launches, views = _launches(host_mod)
     sources, kernels = [], []
     for dev_target, dev_mod in device_mods.items():
         sources.append(build(finalize_device()(dev_mod), dev_target).inspect_source())
@@ -200,7 +215,7 @@ def build_source(funcs: "Mapping[str, tirx.PrimFunc] | tirx.PrimFunc", target) -
             symbol = gv.name_hint
             owner = max((n for n in funcs if symbol.startswith(n)), key=len)
             host_args, params, values = launches[symbol]
-            kernels.append(OpenCLKernel(symbol, owner, _kernel_args(host_args, funcs[owner]),
+            kernels.append(OpenCLKernel(symbol, owner, _kernel_args(host_args, funcs[owner], views),
                                         _sizes(params, values, _GRID), _sizes(params, values, _BLOCK)))
     missing = sorted(set(funcs) - {k.func for k in kernels})
     if missing:
