@@ -32,7 +32,7 @@ class Artifact:
     """One file a writer produced, relative to the build directory."""
 
     path: str
-    kind: str  # "cpu-module", "report", later "opencl-source", "npu-graph", ...
+    kind: str  # "cpu-module", "report", "opencl-source" (+ its "opencl-kernels" table), later "npu-graph"
     lane: str | None = None  # the device processor it runs on ("cpu", "gpu", "npu"); its target is in "device"
 
     def describe(self, root: Path) -> dict:
