@@ -14,6 +14,22 @@ def test_compile_default_for_host(tmp_path, capsys):
     assert manifest["model"]["tokens"] == 32 and manifest["pipeline"]["keep"] == 0.3
 
 
+def test_compile_for_a_phone_writes_the_adreno_opencl_kernels(tmp_path, capsys):
+    from shadowattn_tvm.runtime.toolchain import ToolchainError, ensure_tools
+
+    try:
+        ensure_tools(("aarch64-gxx",), log=lambda _msg: None)
+    except ToolchainError as err:
+        pytest.skip(f"no aarch64 cross compiler and cannot install it: {err}")
+    out = tmp_path / "build"
+    assert main(["compile", "--device", "snapdragon-8gen3", "-o", str(out), "--tokens", "32", "--quiet"]) == 0
+    assert "adreno/sat_topk.cl" in capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())
+    sources = sorted(n for n, info in manifest["files"].items() if info["kind"] == "opencl-source")
+    assert sources == ["adreno/sat_sparse_attention.cl", "adreno/sat_topk.cl"]
+    assert all("__kernel void" in (out / name).read_text() for name in sources)
+
+
 @pytest.mark.parametrize("argv,message", [
     (["compile", "llama-7b", "--device", "host", "-o", "X"], "unknown model 'llama-7b'; known: default"),
     (["compile", "--device", "iphone", "-o", "X"], "unknown device 'iphone'; known: host, snapdragon-8gen2"),

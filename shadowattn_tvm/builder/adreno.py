@@ -6,8 +6,9 @@ specialised to the block's static shapes, with the same top_k bound, ratios sour
 as `SplitSparseAttention` uses for the CPU module:
 
     adreno/<kernel>.cl       OpenCL C of one kernel (one file per distinct kernel; layers share)
-    adreno/kernels.json      per kernel: file, layers, PrimFunc arguments (name, shape, dtype),
-                             __kernel name, argument order by name, grid / work-group sizes
+    adreno/kernels.json      per kernel: file (path in the build), layers, PrimFunc arguments
+                             (name, shape, dtype), __kernel name, argument order by name,
+                             grid / work-group sizes
 
 The blocks are found the way the pipeline finds them (canonicalize, then `DetectAttention`), so
 the GPU kernels describe exactly the blocks the CPU module rewrote.
@@ -36,7 +37,7 @@ class AdrenoKernel:
     program: OpenCLProgram
 
     def to_json(self) -> dict:
-        return {"file": f"{self.name}.cl", "layers": list(self.layers),
+        return {"file": f"{DIRECTORY}/{self.name}.cl", "layers": list(self.layers),
                 "params": [{"name": n, "shape": list(s), "dtype": d} for n, s, d in self.params],
                 **self.program.to_json()}
 

@@ -72,6 +72,43 @@ def test_aarch64_build_is_an_aarch64_shared_library(cross_toolchain, tmp_path):
     assert lib.read_bytes()[4] == 2  # ELFCLASS64
     manifest = load_manifest(result.out_dir)
     assert manifest.device["cpu"]["mcpu"] == "cortex-a720" and manifest.rpc_key == "snapdragon-8gen3"
+    kinds = {name: info["kind"] for name, info in manifest.data["files"].items()}
+    assert {n for n, k in kinds.items() if k == "opencl-source"} == {"adreno/sat_topk.cl",
+                                                                     "adreno/sat_sparse_attention.cl"}
+
+
+def _adreno_only(device, out):
+    writers = tuple(w for w in DEFAULT_WRITERS if w.name in ("report", "adreno-opencl"))
+    return compile_to_dir(device, out, tokens=TOKENS, writers=writers, **quiet)
+
+
+def test_adreno_kernels_are_written_as_opencl_c(tmp_path):
+    out = _adreno_only("snapdragon-8gen3", tmp_path / "gpu").out_dir
+    manifest = load_manifest(out)  # checksums of the .cl files verified
+    files = manifest.data["files"]
+    assert {n: (i["kind"], i["lane"]) for n, i in files.items() if n.startswith("adreno/")} == {
+        "adreno/sat_topk.cl": ("opencl-source", "gpu"),
+        "adreno/sat_sparse_attention.cl": ("opencl-source", "gpu"),
+        "adreno/kernels.json": ("opencl-kernels", "gpu")}
+    table = json.loads((out / "adreno" / "kernels.json").read_text())
+    assert table["target"]["kind"] == "opencl" and table["target"]["device"] == "adreno"
+    heads, top_k = 14, 16  # the default model at 64 tokens, keep 0.2, k_min 16
+    for name in ("sat_topk", "sat_sparse_attention"):
+        entry = table["kernels"][name]
+        source = (out / entry["file"]).read_text()
+        (kernel,) = entry["kernels"]
+        assert f"__kernel void {kernel['name']}(" in source and entry["layers"] == [0]
+        assert kernel["grid"] == [heads * TOKENS, 1, 1] and kernel["block"][1:] == [1, 1]
+        params = {p["name"]: p for p in entry["params"]}
+        assert [a["name"] for a in kernel["args"]] == sorted(params)  # every buffer, named, no scalars
+    assert table["kernels"]["sat_topk"]["params"][-1] == {"name": "IDX", "shape": [1, heads, TOKENS, top_k],
+                                                          "dtype": "int32"}
+
+
+def test_no_opencl_without_a_gpu(tmp_path):
+    out = _adreno_only("host", tmp_path / "host").out_dir
+    assert not (out / "adreno").exists()
+    assert "opencl-source" not in {i["kind"] for i in load_manifest(out).data["files"].values()}
 
 
 def _copy_of(build, tmp_path):
