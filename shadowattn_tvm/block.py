@@ -79,11 +79,18 @@ class AttentionBlock:
         )
 
 
-def keep_count(ratio: float, valid: int, k_min: int) -> int:
-    """Keys kept in a row with `valid` visible keys: min(L, max(k_min, ceil(ratio * L)))."""
-    if valid <= 0:
+def keep_count(ratio: float, kv_len: int, k_min: int, visible: int | None = None) -> int:
+    """Keys kept in a row: min(V, max(k_min, ceil(ratio * kv_len))) of its V visible keys.
+
+    The budget is a share of the whole KV length, the same for every row (a causal row with
+    fewer visible keys keeps them all). A share of each row's visible keys instead starves the
+    late rows: on SmolLM2 at 2048 tokens exact float top-k costs +4.9 % perplexity that way and
+    +0.8 % this way (README, "top-k rule").
+    """
+    visible = kv_len if visible is None else visible
+    if visible <= 0:
         return 0
-    return min(valid, max(k_min, math.ceil(ratio * valid - _CEIL_EPS)))
+    return min(visible, max(k_min, math.ceil(ratio * kv_len - _CEIL_EPS)))
 
 
 def max_keep_count(max_ratio: float, kv_len, k_min: int):

@@ -51,7 +51,7 @@ class DenseVariant:
             for h in range(block.num_heads):
                 for i in range(self.stride - 1, q.shape[2], self.stride):
                     n = i + 1
-                    kk = keep_count(self.recall_keep, n, self.k_min)
+                    kk = keep_count(self.recall_keep, q.shape[2], self.k_min, n)
                     if kk >= n:
                         continue
                     truth = np.argpartition(-logits[b, h, i, :n], kk - 1)[:kk]
@@ -87,7 +87,8 @@ class Int8DenseVariant:
 
 
 class BlockSparseVariant:
-    """Block-sparse estimation: mean-pooled 64x64 block scores pick the key blocks per query block."""
+    """Block-sparse estimation: mean-pooled 64x64 block scores pick ceil(keep * blocks) key blocks
+    per query block (all visible ones if fewer), plus the diagonal block."""
 
     def __init__(self, blocks, keep: float, block_size: int = 64):
         self.blocks, self.keep, self.bs = blocks, keep, block_size
@@ -104,7 +105,7 @@ class BlockSparseVariant:
         keep = np.zeros((b, h, nb, nb), bool)
         for qb in range(nb):
             visible = qb + 1
-            n = min(visible, max(1, math.ceil(self.keep * visible)))
+            n = min(visible, max(1, math.ceil(self.keep * nb)))  # the same budget rule as shadowAttn's top-k
             top = np.argsort(-bscore[:, :, qb, :visible], axis=-1, kind="stable")[..., :n]
             np.put_along_axis(keep[:, :, qb], top, True, axis=-1)
             keep[:, :, qb, qb] = True  # the diagonal block always stays

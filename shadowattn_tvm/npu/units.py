@@ -102,8 +102,14 @@ def plan_units(block: AttentionBlock, batch: int, q_len: int, kv_len: int, ratio
                 units.append(LaunchUnit(
                     layer=block.layer, batch=b, head0=head0, head_stride=stride, kv_head=g, row0=row0,
                     rows=rows, kv_valid=min(kv_len, kv_bucket), fused=group, q_rows=q_rows, kv_len=kv_bucket,
-                    top_k=int(max_keep_count(top, kv_bucket, k_min)), chunk=j))
+                    top_k=int(max_keep_count(unit_ratio(top, kv_len, kv_bucket), kv_bucket, k_min)), chunk=j))
     return tuple(units)
+
+
+def unit_ratio(ratio, kv_len: int, kv_bucket: int):
+    """The ratio a unit's top-k gets so that its budget ceil(r * kv_bucket) is the block's
+    ceil(ratio * kv_len): a row's budget is a share of the real KV length, not of the bucket."""
+    return ratio * (kv_len / kv_bucket)
 
 
 def _chunks(block, q_len, kv_len, ladder, q_chunk):

@@ -34,7 +34,7 @@ from ..calibrate.profile import ProfileError, SparsityProfile
 from ..npu.buckets import BucketGrid, BucketSpec, GridCenter, ScaleStats
 from ..npu.kernels import gather_rows, host_twin, stage_inputs
 from ..npu.options import NPUOptions
-from ..npu.units import KVBucketError, LaunchUnit, plan_units
+from ..npu.units import KVBucketError, LaunchUnit, plan_units, unit_ratio
 from ..ops import quantize as quant_ops
 from ..ops import sparse_attention as sparse_ops
 from ..ops import topk as topk_ops
@@ -254,7 +254,7 @@ class _BlockBuilder:
             need = max(self.shapes[1][2], u.kv_len if u.q_rows > u.rows else 0)
             k_u, v_u = self._kv(bb, k, u, need, kv_cache), self._kv(bb, v, u, need, kv_cache)
             extra_topk, m_u, mask_shape = [], None, None
-        ratio = relax.const(self.ratios[list(u.heads)].astype("float64"), "float64")
+        ratio = relax.const(unit_ratio(self.ratios[list(u.heads)], self.shapes[1][2], u.kv_len), "float64")
         topk = o.add_kernel(topk_ops.topk_indices(self.unit_block, o.owner.k_min, mask_shape),
                             "sat_topk_masked" if mask is not None else "sat_topk")
         idx_ty = relax.TensorType([1, u.fused, u.q_rows, u.top_k], "int32")

@@ -6,8 +6,8 @@ Phase 2 of the shadowAttn pipeline; runs after `DetectAttention`. For every call
 * ``sat_pilot_L<i>(q, k) -> (scores int32, q_scale[H], k_scale[Hkv])``: a Relax function (the
   NPU graph of later phases) that quantises Q and K to int8 with per-head scales, static
   (constants from the profile) or dynamic (absmax/127 at run time), and computes Q·Kᵀ;
-* a top-k ``call_tir`` keeping, per head and query row, k = min(L, max(k_min, ceil(r_h·L)))
-  of the L visible keys, with r_h the head's keep ratio from the profile;
+* a top-k ``call_tir`` keeping, per head and query row, k = min(V, max(k_min, ceil(r_h·Skv)))
+  of the V visible keys, with r_h the head's keep ratio from the profile and Skv the KV length;
 * a sparse-attention ``call_tir`` gathering those K/V rows.
 
 Kernels come from `ops/` and are scheduled for the current target by `schedules/`. The dense
