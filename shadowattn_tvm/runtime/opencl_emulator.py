@@ -9,9 +9,12 @@ Debian's PoCL has no ``cl_khr_fp16``: run the fp32 twins of fp16 kernels. No spe
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 APT_PACKAGES = ("pocl-opencl-icd", "ocl-icd-libopencl1")
+POCL_ICD = "/etc/OpenCL/vendors/pocl.icd"
 _PLATFORM = "Portable Computing Language"
 
 
@@ -39,18 +42,19 @@ def _pocl_platform(cl):
 def context(*, log=print):
     """A pyopencl context on PoCL's CPU device, installing PoCL with apt if it is missing."""
     cl = _pyopencl()
-    platform = _pocl_platform(cl)
-    if platform is None:
+    # install before the first platform query: the ICD loader reads the vendor directory once
+    # per process, so a PoCL installed after a query would stay invisible until a restart
+    if not Path(POCL_ICD).exists():
         from .toolchain import ToolchainError, apt_install  # pylint: disable=import-outside-toplevel
 
         try:
             apt_install(APT_PACKAGES, log=log)
         except ToolchainError as err:
             raise OpenCLEmulatorError(str(err)) from None
-        platform = _pocl_platform(cl)
-        if platform is None:
-            raise OpenCLEmulatorError(f"installed {' '.join(APT_PACKAGES)} but pyopencl still sees no PoCL "
-                                      f"platform (has /etc/OpenCL/vendors/pocl.icd been written?)")
+    platform = _pocl_platform(cl)
+    if platform is None:
+        raise OpenCLEmulatorError(f"pyopencl sees no PoCL platform although {POCL_ICD} exists: check that "
+                                  f"{' '.join(APT_PACKAGES)} are installed (apt-get install -y ...)")
     return cl.Context(platform.get_devices())
 
 
