@@ -31,7 +31,7 @@ def _trace(task):
 
 
 def fake_tune_logs(work_dir, tokens: int, *, tuned_ms: float, shipped_ms: float | None,
-                   names=("sat_sparse_attention_te",)) -> Path:
+                   names=("sparse_attention",)) -> Path:
     """Records (latency `tuned_ms`) for the default model's kernels `names`, baselines `shipped_ms`."""
     ms = meta_schedule()
     work = Path(work_dir)

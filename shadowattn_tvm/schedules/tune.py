@@ -27,9 +27,7 @@ from .._compat import meta_schedule, tvm
 from ..targets import DeviceProfile
 from ..targets import get as get_device
 from .tune_database import TuningDatabase, workload_key
-from .tune_tasks import TuneTask, model_tasks
-
-SPARSE_TASK = "sat_sparse_attention_te"
+from .tune_tasks import SPARSE_TASK, TuneTask, model_tasks
 
 
 @dataclass(frozen=True)
@@ -169,12 +167,11 @@ def default_work_dir(device: DeviceProfile) -> Path:
 def _select(all_tasks: list[TuneTask], names) -> list[TuneTask]:
     if names is None:
         return all_tasks
-    known = {t.name for t in all_tasks} | {"sparse_attention"}
+    known = {t.name for t in all_tasks}
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ValueError(f"unknown tuning tasks {unknown}; known: {sorted(known)}")
-    wanted = {SPARSE_TASK if n == "sparse_attention" else n for n in names}
-    return [t for t in all_tasks if t.name in wanted]
+    return [t for t in all_tasks if t.name in set(names)]
 
 
 def _measure_shipped(database: TuningDatabase, tasks, device, builder, runner, log) -> dict:
@@ -193,8 +190,7 @@ def _measure_shipped(database: TuningDatabase, tasks, device, builder, runner, l
         args = ms.arg_info.ArgInfo.from_prim_func(task.func)  # static shapes; the shipped kernel's may be symbolic
         best = math.inf
         for _ in range(3):  # the best of three runs, as the records are the best of many candidates
-            result = runner.run([ms.runner.RunnerInput(built.artifact_path, device.cpu.kind.name
-                                                       if device.cpu.kind.name != "llvm" else "cpu", args)])[0].result()
+            result = runner.run([ms.runner.RunnerInput(built.artifact_path, "cpu", args)])[0].result()
             if result.run_secs:
                 best = min(best, 1e3 * sum(float(s) for s in result.run_secs) / len(result.run_secs))
         if math.isfinite(best):

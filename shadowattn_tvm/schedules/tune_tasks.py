@@ -19,6 +19,8 @@ from .._compat import Schedule, relax, structural_hash, tirx, tvm
 from ..passes.use_tunable_kernels import UseTunableKernels
 from .cpu_generic import schedule_default
 
+SPARSE_TASK = "sparse_attention"  # the task of the sparse kernels' tunable form (kernel sat_sparse_attention_te)
+
 
 @dataclass(frozen=True)
 class TuneTask:
@@ -93,9 +95,10 @@ def extract_tasks(mod: tvm.IRModule, index_bound: int) -> list[TuneTask]:
             tasks[key] = TuneTask(old.name, old.func, old.shipped, old.index_bound, old.weight + counts.get(gv, 1))
             continue
         shipped = shipped_of.get(key)
+        name = gv.name_hint if shipped is None else SPARSE_TASK
         if shipped is None:
             shipped = schedule_default(norm)
-        tasks[key] = TuneTask(gv.name_hint, norm, shipped, index_bound, counts.get(gv, 1))
+        tasks[key] = TuneTask(name, norm, shipped, index_bound, counts.get(gv, 1))
     return sorted(tasks.values(), key=lambda t: t.name)
 
 
@@ -110,5 +113,5 @@ def model_tasks(model: str, tokens: int, keep: float, k_min: int, target) -> lis
         return extract_tasks(mod, index_bound=tokens)
 
 
-__all__ = ["TuneTask", "extract_tasks", "model_tasks", "tunable_module", "normalize", "workload_module",
+__all__ = ["SPARSE_TASK", "TuneTask", "extract_tasks", "model_tasks", "tunable_module", "normalize", "workload_module",
            "is_tunable"]

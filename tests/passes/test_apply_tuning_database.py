@@ -36,7 +36,7 @@ def _run(tune_logs=None):
 
 def test_record_faster_than_shipped_swaps_in_the_tuned_sparse_kernel(tmp_path):
     logs = fake_tune_logs(tmp_path / "host", TOKENS, tuned_ms=0.01, shipped_ms=1.0,
-                          names=("sat_sparse_attention_te", "transpose"))
+                          names=("sparse_attention", "transpose"))
     mod, p = _lowered(logs)
     names = {gv.name_hint for gv in mod.get_global_vars()}
     assert "sat_sparse_attention_te" in names and "sat_sparse_attention" not in names
@@ -51,7 +51,7 @@ def test_record_faster_than_shipped_swaps_in_the_tuned_sparse_kernel(tmp_path):
 
 def test_shipped_kernel_faster_than_record_is_kept(tmp_path):
     logs = fake_tune_logs(tmp_path / "host", TOKENS, tuned_ms=5.0, shipped_ms=1.0,
-                          names=("sat_sparse_attention_te", "transpose"))
+                          names=("sparse_attention", "transpose"))
     tuned, p = _lowered(logs)
     untuned, _ = _lowered(None)
     assert [(c.name, c.use_tuned) for c in p.tuning.choices] == [("sat_sparse_attention (tunable form)", False),
