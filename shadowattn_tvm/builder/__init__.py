@@ -24,7 +24,7 @@ from .artifacts import DEFAULT_WRITERS, ArtifactWriter, BuildContext
 from .directory import BuildDirError, staging
 from .manifest import Manifest, ManifestError
 from .models import DEFAULT_TOKENS, MODELS, get_model, make_inputs
-from .options import BuildOptions, compile_model, log_tuning
+from .options import BuildOptions, compile_model
 
 __all__ = ["compile_to_dir", "BuildResult", "BuildOptions", "BuildDirError", "Manifest", "ManifestError",
            "ArtifactWriter", "DEFAULT_WRITERS", "MODELS", "DEFAULT_TOKENS", "get_model", "make_inputs",
@@ -65,8 +65,6 @@ def compile_to_dir(device: str | DeviceProfile, out_dir: str | Path, *, model: s
     built = get_model(model, tokens)
     options = BuildOptions(keep=keep if profile is None else None, k_min=k_min, profile=profile,
                            tune_logs=None if tune_logs is None else str(tune_logs))
-    if options.tune_logs is not None:
-        log_tuning(built.mod, device.cpu, options, log)
     report = report if report is not None else AttentionReport()
     out_dir = Path(out_dir).expanduser().absolute()
     with staging(out_dir) as tmp:

@@ -43,7 +43,7 @@ class ArtifactWriter:
 def _write_cpu_module(ctx: BuildContext) -> list:
     ctx.log(f"[compile] {ctx.model.name} for {ctx.device.name} cpu ({ctx.device.cpu.kind.name}"
             f"{', ' + str(ctx.device.cpu.attrs['mcpu']) if 'mcpu' in ctx.device.cpu.attrs else ''})")
-    executable = compile_model(ctx.model.mod, ctx.device.cpu, ctx.options, ctx.report)
+    executable = compile_model(ctx.model.mod, ctx.device.cpu, ctx.options, ctx.report, log=ctx.log)
     export_library(executable, ctx.out / CPU_MODULE, ctx.device)
     return [Artifact(CPU_MODULE, "cpu-module", "cpu")]
 

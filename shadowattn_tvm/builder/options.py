@@ -64,22 +64,10 @@ def compile_model(mod, target, options: BuildOptions, report: AttentionReport | 
     relax_pipeline = options.relax_pipeline(report, database)
     executable = tvm.compile(mod, target=target, relax_pipeline=relax_pipeline)
     if log is not None and database is not None:
+        log(f"[compile] tuning logs {database.work_dir}: {database.workloads()} workloads, {len(database)} records")
         for line in tuning_summary(relax_pipeline.tuning, database):
             log(line)
     return executable
-
-
-def log_tuning(mod, target, options: BuildOptions, log) -> None:
-    """Log which kernels of `mod` the tuning database schedules (the compile's own choices, ahead of it)."""
-    database = options.database()
-    if database is None:
-        return
-    log(f"[compile] tuning logs {database.work_dir}: {database.workloads()} workloads, {len(database)} records")
-    relax_pipeline = options.relax_pipeline(None, database)
-    with tvm.target.Target(target):
-        relax_pipeline(mod)  # phases 0-5 without codegen: fills .tuning as the real build will
-    for line in tuning_summary(relax_pipeline.tuning, database):
-        log(line)
 
 
 def tuning_summary(tuning, database: TuningDatabase) -> list[str]:
@@ -94,4 +82,4 @@ def tuning_summary(tuning, database: TuningDatabase) -> list[str]:
     return lines
 
 
-__all__ = ["BuildOptions", "compile_model", "default_tune_logs", "log_tuning", "tuning_summary", "TuneLogsError"]
+__all__ = ["BuildOptions", "compile_model", "default_tune_logs", "tuning_summary", "TuneLogsError"]
