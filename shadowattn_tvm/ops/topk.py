@@ -182,7 +182,7 @@ def topk_indices(block, k_min: int, mask_shape=None):
 
         @T.prim_func
         def topk(s_h: T.handle, r_h: T.handle, qs_h: T.handle, ks_h: T.handle, m_h: T.handle, o_h: T.handle):
-            T.func_attr({"global_symbol": "sat_topk_masked", "tirx.noalias": True})
+            T.func_attr({"global_symbol": "sat_topk_masked", "tirx.noalias": True, "tirx.is_scheduled": True})
             B, H, SQ, SKV, KMAX, MB, MH = T.int64(), T.int64(), T.int64(), T.int64(), T.int64(), T.int64(), T.int64()
             S = T.match_buffer(s_h, (B, H, SQ, SKV), "int32")
             RATIO = T.match_buffer(r_h, (H,), "float64")
@@ -196,7 +196,7 @@ def topk_indices(block, k_min: int, mask_shape=None):
 
         @T.prim_func
         def topk(s_h: T.handle, r_h: T.handle, o_h: T.handle):
-            T.func_attr({"global_symbol": "sat_topk", "tirx.noalias": True})
+            T.func_attr({"global_symbol": "sat_topk", "tirx.noalias": True, "tirx.is_scheduled": True})
             B, H, SQ, SKV, KMAX = T.int64(), T.int64(), T.int64(), T.int64(), T.int64()
             S = T.match_buffer(s_h, (B, H, SQ, SKV), "int32")
             RATIO = T.match_buffer(r_h, (H,), "float64")
