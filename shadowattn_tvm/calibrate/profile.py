@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PROFILE_VERSION = 1
+#: the SmolLM2-135M-Instruct profile the package ships (calibrated on the Python docs)
+SHIPPED_PROFILE = Path(__file__).resolve().parent.parent / "data" / "smollm2_profile.json"
 
 
 class ProfileError(ValueError):

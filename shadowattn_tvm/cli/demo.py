@@ -1,29 +1,50 @@
-"""`shadowattn demo`: the embedded default, end to end, on this machine."""
+"""`shadowattn demo [smollm2|block]`: the embedded default, end to end, on this machine."""
 from __future__ import annotations
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("demo", help="compile, verify and time the embedded default attention block",
-                       description="Compile a Qwen2-0.5B-shaped attention block with the shadowAttn pass set, "
-                                   "check it against numpy and dense attention, and time it on this host.")
-    p.add_argument("--tokens", type=int, default=1024, help="prefill length (default 1024)")
-    p.add_argument("--keep", type=float, default=0.2, help="fraction of keys kept per row (default 0.2)")
-    p.add_argument("--k-min", type=int, default=16, help="minimum keys kept per row (default 16)")
-    p.add_argument("--repeat", type=int, default=3, help="timing repetitions, best of (default 3)")
+    p = sub.add_parser("demo", help="compile, verify and time the embedded default model (SmolLM2-135M)",
+                       description="Compile the embedded default model, SmolLM2-135M-Instruct (fetched on first use), "
+                                   "dense and with the shadowAttn pass set and its per-head profile, run a prefill of "
+                                   "Pride and Prejudice, and compare perplexity, next-token distributions and host "
+                                   "latency. 'block' instead compiles one Qwen2-0.5B-shaped attention block and checks "
+                                   "it against numpy (and can run the two-lane NPU/CPU pipeline with --trace).")
+    p.add_argument("model", nargs="?", default="smollm2", help="'smollm2' (default), a Llama-family .gguf file "
+                                                                "(with --profile), or 'block'")
+    p.add_argument("--tokens", type=int, help="prefill length (default 512 for a model, 1024 for block)")
+    p.add_argument("--keep", type=float, default=0.2, help="global keep ratio (default 0.2)")
+    p.add_argument("--profile", help="calibrated profile JSON for a .gguf model (default: the shipped SmolLM2 one)")
+    p.add_argument("--k-min", type=int, default=16, help="block: minimum keys kept per row (default 16)")
+    p.add_argument("--repeat", type=int, default=2, help="timing repetitions, best of (default 2)")
     p.add_argument("--report", metavar="FILE", help="also write the detection report as JSON")
     p.add_argument("--trace", metavar="FILE",
-                   help="also run the two-lane NPU/CPU head pipeline and write a Chrome trace (Perfetto)")
+                   help="block: also run the two-lane NPU/CPU head pipeline and write a Chrome trace (Perfetto)")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
     from ..calibrate.profile import check_keep
-    from ..demo import run_demo
 
-    if args.tokens < 1:
-        raise SystemExit(f"--tokens must be >= 1, got {args.tokens}")
+    block = args.model == "block"
+    tokens = args.tokens if args.tokens is not None else (1024 if block else 512)
+    if tokens < 1:
+        raise SystemExit(f"--tokens must be >= 1, got {tokens}")
     check_keep(args.keep)
-    result = run_demo(tokens=args.tokens, keep=args.keep, k_min=args.k_min, repeat=args.repeat)
+    if not block and args.trace:
+        raise SystemExit("--trace runs the two-lane pipeline on the attention block: "
+                         "use `shadowattn demo block --trace FILE`")
+    if block:
+        from ..demo import run_demo
+
+        result = run_demo(tokens=tokens, keep=args.keep, k_min=args.k_min, repeat=args.repeat)
+    else:
+        from ..calibrate.profile import SparsityProfile
+        from ..model_demo import run_model_demo
+
+        if args.profile is None and args.model not in ("smollm2", "default"):
+            raise SystemExit("--profile is required for models other than smollm2: run `shadowattn calibrate` first")
+        profile = SparsityProfile.load(args.profile) if args.profile else None
+        result = run_model_demo(args.model, tokens=tokens, keep=args.keep, repeat=args.repeat, profile=profile)
     print(result.report.table())
     print()
     print(result.table())
@@ -33,6 +54,6 @@ def run(args) -> int:
         from ..npu.demo import run_pipelined_demo
 
         print()
-        print(run_pipelined_demo(tokens=args.tokens, keep=args.keep, k_min=args.k_min, repeat=args.repeat,
+        print(run_pipelined_demo(tokens=tokens, keep=args.keep, k_min=args.k_min, repeat=args.repeat,
                                  trace=args.trace).table())
     return 0

@@ -21,14 +21,14 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     import json
 
-    from ..calibrate.profile import SparsityProfile
+    from ..calibrate.profile import SHIPPED_PROFILE, SparsityProfile
     from ..evaluation.accuracy import accuracy_table, format_table
     from ..evaluation.corpus import load_text
     from ..frontend.model import LlamaRunner, resolve_model
 
     if args.profile is None and args.model not in ("smollm2", "default"):
         raise SystemExit("--profile is required for models other than smollm2: run `shadowattn calibrate` first")
-    path = Path(args.profile) if args.profile else Path(__file__).resolve().parent.parent / "data" / "smollm2_profile.json"
+    path = Path(args.profile) if args.profile else SHIPPED_PROFILE
     profile = SparsityProfile.load(path)
     runner = LlamaRunner(resolve_model(args.model))
     text = load_text(args.text)

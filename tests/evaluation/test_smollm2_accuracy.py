@@ -4,19 +4,16 @@ Dense TVM perplexity matches transformers' eager reference, and shadowAttn with 
 per-head profile at keep 0.2 stays within +1.5 % of dense at 2048 tokens. ~15 min on 2 cores.
 """
 import math
-from pathlib import Path
 
 import pytest
 
 from shadowattn_tvm import passes
-from shadowattn_tvm.calibrate import SparsityProfile
+from shadowattn_tvm.calibrate.profile import SHIPPED_PROFILE, SparsityProfile
 from shadowattn_tvm.evaluation.corpus import austen
 from shadowattn_tvm.evaluation.perplexity import Metrics, windows
 from shadowattn_tvm.frontend.model import LlamaRunner, resolve_model
 
 pytestmark = pytest.mark.accuracy
-
-PROFILE = Path(__file__).resolve().parents[2] / "shadowattn_tvm" / "data" / "smollm2_profile.json"
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +43,7 @@ def test_dense_matches_the_reference_perplexity(runner, ids):
 
 
 def test_per_head_keep_02_within_1_5_percent_at_2048(runner, ids):
-    profile = SparsityProfile.load(PROFILE).retarget(0.2)
+    profile = SparsityProfile.load(SHIPPED_PROFILE).retarget(0.2)
     ppl = _perplexities(runner, ids, 2048, {"dense": passes.lowering(),
                                             "sparse": passes.pipeline(keep=None, profile=profile)})
     assert ppl["sparse"] <= 1.015 * ppl["dense"], ppl
