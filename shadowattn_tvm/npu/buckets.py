@@ -174,21 +174,22 @@ def select_cell(table: np.ndarray, q_actual, k_actual: float) -> int:
 @dataclass(frozen=True)
 class BucketSpec:
     """One static NPU graph: shape (fused heads, query rows, KV length, head_dim) and the scales
-    baked in per fused head. Built by `ops.npu_graph.bucket_graph`."""
+    baked in: λQ per fused head, one λK for the KV head they share. Built by
+    `ops.npu_graph.bucket_graph`."""
 
     fused: int
     q_rows: int
     kv_len: int
     head_dim: int
     q_scales: tuple
-    k_scales: tuple
+    k_scale: float
     dtype: str = "float32"
 
     def prim_func(self):
         from ..ops.npu_graph import bucket_graph
 
         return bucket_graph(self.fused, self.q_rows, self.kv_len, self.head_dim,
-                            self.q_scales, self.k_scales, self.dtype)
+                            self.q_scales, self.k_scale, self.dtype)
 
     @property
     def macs(self) -> int:
@@ -196,9 +197,10 @@ class BucketSpec:
 
     @property
     def io_bytes(self) -> int:
-        """Bytes in and out of one launch: float Q and K, int32 scores."""
+        """Bytes in and out of one launch: float Q of every fused head, K once, int32 scores."""
         item = np.dtype(self.dtype).itemsize
-        return self.fused * ((self.q_rows + self.kv_len) * self.head_dim * item + self.q_rows * self.kv_len * 4)
+        inputs = (self.fused * self.q_rows + self.kv_len) * self.head_dim * item
+        return inputs + self.fused * self.q_rows * self.kv_len * 4
 
     def name(self, layer: int, cell: int, group: int | None = None) -> str:
         shared = "" if group is None else f"_g{group}"

@@ -166,13 +166,13 @@ class _HostKernels:
 
         d, dtype, dev = self.block.head_dim, self.block.dtype, tvm.cpu()
         rng = np.random.default_rng(seed)
-        spec = BucketSpec(u.fused, u.q_rows, u.kv_len, d, (3.0 / 127,) * u.fused, (3.0 / 127,) * u.fused, dtype)
+        spec = BucketSpec(u.fused, u.q_rows, u.kv_len, d, (3.0 / 127,) * u.fused, 3.0 / 127, dtype)
         twin = tvm.compile(host_twin(spec).with_attr("global_symbol", "main"), target=self.target)
         tensor = lambda a: tvm.runtime.tensor(np.ascontiguousarray(a), dev)  # noqa: E731
         q = tensor(rng.standard_normal((1, u.fused, u.row0 + u.rows, d)).astype(dtype))
         k = tensor(rng.standard_normal((1, 1, u.kv_valid, d)).astype(dtype))
         qb = tvm.runtime.empty((u.fused, u.q_rows, d), dtype, dev)
-        kb = tvm.runtime.empty((u.fused, u.kv_len, d), dtype, dev)
+        kb = tvm.runtime.empty((u.kv_len, d), dtype, dev)
         scores = tvm.runtime.empty((1, u.fused, u.q_rows, u.kv_len), "int32", dev)
         scores3 = scores._create_view((u.fused, u.q_rows, u.kv_len))
         ratio = tensor(np.full(u.fused, 0.2))

@@ -2,12 +2,13 @@
 
 * `stage_inputs`: copies one launch's inputs into the graph's static buffers: the Q rows of
   the fused heads ([fused, q_rows, D], rows past the chunk zeroed) and the group's K head once
-  per fused head ([fused, kv_len, D], keys past the sequence zeroed), as `bucket_graph` takes
-  them. On a phone this is the copy into the graph's shared input buffers; here it runs on
-  the NPU lane. One kernel serves every launch (symbolic shapes, the unit as scalars).
+  ([kv_len, D], keys past the sequence zeroed), as `bucket_graph` takes them. On a phone this
+  is the copy into the graph's shared input buffers; here it runs on the NPU lane. One kernel
+  serves every launch (symbolic shapes, the unit as scalars).
 * `host_twin`: `bucket_graph` (the same TIR the Hexagon build compiles) with a host schedule:
-  K's int8 copy is laid out [fused, D, kv_len] so the inner loop runs over contiguous keys,
-  4 query rows x 32 keys of int32 accumulators per tile, d outermost inside the tile.
+  K's int8 copy (one, shared by the fused heads) is laid out [D, kv_len] so the inner loop runs
+  over contiguous keys, 4 query rows x 32 keys of int32 accumulators per tile, d outermost
+  inside the tile.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ _KEYS = (32, 16, 8)  # key vector widths tried, widest first
 
 
 def stage_inputs(dtype: str, head_dim: int):
-    """PrimFunc (q [B,H,Sq,D], k [B,Hkv,Skv,D], q_buf [F,QR,D], k_buf [F,KV,D],
+    """PrimFunc (q [B,H,Sq,D], k [B,Hkv,Skv,D], q_buf [F,QR,D], k_buf [KV,D],
     b, head0, head_stride, kv_head, row0, rows, kv_valid) -> None."""
     D = int(head_dim)
 
@@ -32,7 +33,7 @@ def stage_inputs(dtype: str, head_dim: int):
         Q = T.match_buffer(q_h, (B, H, SQ, D), dtype)
         K = T.match_buffer(k_h, (B, HKV, SKV, D), dtype)
         QB = T.match_buffer(qb_h, (F, QR, D), dtype)
-        KB = T.match_buffer(kb_h, (F, KV, D), dtype)
+        KB = T.match_buffer(kb_h, (KV, D), dtype)
         for f, r in T.grid(F, QR):
             if r < rows:
                 for d in T.vectorized(D):
@@ -40,13 +41,13 @@ def stage_inputs(dtype: str, head_dim: int):
             else:
                 for d in T.vectorized(D):
                     QB[f, r, d] = T.Cast(dtype, 0)
-        for f, j in T.grid(F, KV):
+        for j in range(KV):
             if j < kv_valid:
                 for d in T.vectorized(D):
-                    KB[f, j, d] = K[b, kv_head, j, d]
+                    KB[j, d] = K[b, kv_head, j, d]
             else:
                 for d in T.vectorized(D):
-                    KB[f, j, d] = T.Cast(dtype, 0)
+                    KB[j, d] = T.Cast(dtype, 0)
 
     return stage.without_attr("global_symbol")
 
@@ -95,7 +96,7 @@ def host_twin(spec: BucketSpec):
             sch.vectorize(sch.get_loops(blk)[-1])
     h, i, j, rd = sch.get_loops(scores)
     if keys is not None:
-        sch.transform_layout(k8, ("write", 0), lambda f, s, d: (f, d, s))
+        sch.transform_layout(k8, ("write", 0), lambda s, d: (d, s))
         rows = _ROWS if spec.q_rows % _ROWS == 0 else 1
         io, ii = sch.split(i, [None, rows])
         jo, ji = sch.split(j, [None, keys])

@@ -2,14 +2,16 @@
 
 An NPU graph is compiled offline with fixed shapes and quantisation constants, so the pilot is
 specialised per bucket: `fused` heads launched together, a query chunk of `q_chunk` rows, K
-padded to `kv_len` keys, and per fused head the (Q, K) scales of the chosen grid cell baked in:
+padded to `kv_len` keys, and the chosen grid cell's scales baked in (one λQ per fused head,
+one λK for the group's KV head):
 
-    q [fused, q_chunk, D], k [fused, kv_len, D] (float) -> scores [fused, q_chunk, kv_len] int32
-    scores[h] = int8(clip(rint(q[h] / qs[h]))) · int8(clip(rint(k[h] / ks[h])))ᵀ
+    q [fused, q_chunk, D], k [kv_len, D] (float) -> scores [fused, q_chunk, kv_len] int32
+    scores[h] = int8(clip(rint(q[h] / qs[h]))) · int8(clip(rint(k / ks)))ᵀ
 
-K rows are the fused heads' own KV rows (a GQA group passes its KV head once per head). No
-mask: padded keys and causally hidden ones are skipped by top-k. Same definition as
-`reference.quantize` + `reference.pilot_scores`, so host twins are checked bit-exactly.
+The fused heads are one GQA group's (or a part of it): they share one KV head, so K comes in
+once, is quantized once and every head's scores are taken against it. No mask: padded keys
+and causally hidden ones are skipped by top-k. Same definition as `reference.quantize` +
+`reference.pilot_scores`, so host twins are checked bit-exactly.
 
 Every graph carries its parameters as the function attribute `BUCKET_ATTR` (`bucket_params`
 reads them back), so a target build can derive its own variant of the same graph:
@@ -32,34 +34,35 @@ def _per_head(values, h, dtype="float32"):
     return expr
 
 
-def bucket_graph(fused: int, q_chunk: int, kv_len: int, head_dim: int, q_scales, k_scales, dtype: str = "float32"):
+def _int8(value):
+    return tirx.max(tirx.min(tirx.nearbyint(value), 127.0), -127.0).astype("int8")
+
+
+def bucket_graph(fused: int, q_chunk: int, kv_len: int, head_dim: int, q_scales, k_scale: float,
+                 dtype: str = "float32"):
     """Unscheduled PrimFunc of one bucket (see module docstring); scales are Python floats."""
-    if len(q_scales) != fused or len(k_scales) != fused:
-        raise ValueError(f"need {fused} q and k scales, got {len(q_scales)} and {len(k_scales)}")
+    params = _params(fused, q_chunk, kv_len, head_dim, q_scales, k_scale, dtype)
     q = te.placeholder((fused, q_chunk, head_dim), dtype, name="q")
-    k = te.placeholder((fused, kv_len, head_dim), dtype, name="k")
-
-    def quant(x, scales):
-        def f(h, s, d):
-            value = tirx.nearbyint(x[h, s, d].astype("float32") / _per_head(scales, h))
-            return tirx.max(tirx.min(value, 127.0), -127.0).astype("int8")
-        return f
-
-    q8 = te.compute((fused, q_chunk, head_dim), quant(q, q_scales), name="q8")
-    k8 = te.compute((fused, kv_len, head_dim), quant(k, k_scales), name="k8")
+    k = te.placeholder((kv_len, head_dim), dtype, name="k")
+    ks = tirx.const(params["k_scale"], "float32")
+    q8 = te.compute((fused, q_chunk, head_dim),
+                    lambda h, s, d: _int8(q[h, s, d].astype("float32") / _per_head(q_scales, h)), name="q8")
+    k8 = te.compute((kv_len, head_dim), lambda s, d: _int8(k[s, d].astype("float32") / ks), name="k8")
     rd = te.reduce_axis((0, head_dim), "rd")
     scores = te.compute(
         (fused, q_chunk, kv_len),
-        lambda h, i, j: te.sum(q8[h, i, rd].astype("int32") * k8[h, j, rd].astype("int32"), axis=rd),
+        lambda h, i, j: te.sum(q8[h, i, rd].astype("int32") * k8[j, rd].astype("int32"), axis=rd),
         name="scores",
     )
     func = te.create_prim_func([q, k, scores]).without_attr("global_symbol")
-    return func.with_attr(BUCKET_ATTR, _params(fused, q_chunk, kv_len, head_dim, q_scales, k_scales, dtype))
+    return func.with_attr(BUCKET_ATTR, params)
 
 
-def _params(fused, q_chunk, kv_len, head_dim, q_scales, k_scales, dtype) -> dict:
+def _params(fused, q_chunk, kv_len, head_dim, q_scales, k_scale, dtype) -> dict:
+    if len(q_scales) != fused:
+        raise ValueError(f"need {fused} q scales, got {len(q_scales)}")
     return {"fused": int(fused), "q_chunk": int(q_chunk), "kv_len": int(kv_len), "head_dim": int(head_dim),
-            "q_scales": [float(v) for v in q_scales], "k_scales": [float(v) for v in k_scales], "dtype": str(dtype)}
+            "q_scales": [float(v) for v in q_scales], "k_scale": float(k_scale), "dtype": str(dtype)}
 
 
 def bucket_params(func) -> dict:
@@ -71,7 +74,7 @@ def bucket_params(func) -> dict:
     raw = attrs[BUCKET_ATTR]
     return {"fused": int(raw["fused"]), "q_chunk": int(raw["q_chunk"]), "kv_len": int(raw["kv_len"]),
             "head_dim": int(raw["head_dim"]), "q_scales": [float(v) for v in raw["q_scales"]],
-            "k_scales": [float(v) for v in raw["k_scales"]], "dtype": str(raw["dtype"])}
+            "k_scale": float(raw["k_scale"]), "dtype": str(raw["dtype"])}
 
 
 def _rint_clip(v):
@@ -93,7 +96,7 @@ def signed_byte(word, k):
     return tirx.shift_right(tirx.shift_left(word, 24 - k * 8), 24)
 
 
-def bucket_graph_hvx(fused: int, q_chunk: int, kv_len: int, head_dim: int, q_scales, k_scales,
+def bucket_graph_hvx(fused: int, q_chunk: int, kv_len: int, head_dim: int, q_scales, k_scale: float,
                      dtype: str = "float32"):
     """`bucket_graph`'s graph (same arguments, same result bit for bit) in the form HVX wants.
 
@@ -105,17 +108,16 @@ def bucket_graph_hvx(fused: int, q_chunk: int, kv_len: int, head_dim: int, q_sca
         q8 [F, QC, DO] int32         quantized Q, 4 int8 per word (byte k = dim 4*do + k), the
                                      scalar operand as is; head_dim zero-padded to 4*DO
         q_bias [F, QC] int32         -128 * Σ q8 bytes
-        k_u8 [F, KVP/32, DO, 32, 4] uint8   k8 + 128, packed so one vrmpy reads 128 bytes;
-                                     KVP = ceil(kv_len/32)*32, padding holds 128 (k8 = 0)
+        k_u8 [KVP/32, DO, 32, 4] uint8      k8 + 128 of the group's one K head, packed so one
+                                     vrmpy reads 128 bytes; KVP = ceil(kv_len/32)*32, padding
+                                     holds 128 (k8 = 0); shared by the F heads
         acc [F, QC, KVP] int32       Σ q8 · k_u8
         scores [F, QC, kv_len]       acc + q_bias
 
     Quantization rounds with `_rint_clip` (integer ops after one float add) so the stages stay
     scalar and exact; `schedules.hexagon.schedule_bucket_graph` maps acc onto vrmpy.
     """
-    params = _params(fused, q_chunk, kv_len, head_dim, q_scales, k_scales, dtype)
-    if len(q_scales) != fused or len(k_scales) != fused:
-        raise ValueError(f"need {fused} q and k scales, got {len(q_scales)} and {len(k_scales)}")
+    params = _params(fused, q_chunk, kv_len, head_dim, q_scales, k_scale, dtype)
     F, QC, KV, D = params["fused"], params["q_chunk"], params["kv_len"], params["head_dim"]
     DO = -(-D // HVX_DEPTH)
     KVP = -(-KV // HVX_KEYS) * HVX_KEYS
@@ -126,17 +128,17 @@ def bucket_graph_hvx(fused: int, q_chunk: int, kv_len: int, head_dim: int, q_sca
         value = tirx.bitwise_and(_rint_clip(x.astype("float32") / _per_head(params["q_scales"], h)), 255)
         return tirx.shift_left(value, 8 * k)
 
-    def k_int(x, h):
-        return _rint_clip(x.astype("float32") / _per_head(params["k_scales"], h))
+    def k_int(x):
+        return _rint_clip(x.astype("float32") / tirx.const(params["k_scale"], "float32"))
 
     # T.min keeps the padded lanes' (never used) reads inside the buffers for region analysis
     @T.prim_func(private=True, s_tir=True)
-    def graph(q: T.Buffer((F, QC, D), dtype), k: T.Buffer((F, KV, D), dtype),
+    def graph(q: T.Buffer((F, QC, D), dtype), k: T.Buffer((KV, D), dtype),
               scores: T.Buffer((F, QC, KV), "int32")):
         T.func_attr({"tirx.noalias": True})
         q8 = T.sblock_alloc_buffer((F, QC, DO), "int32")
         q_bias = T.sblock_alloc_buffer((F, QC), "int32")
-        k_u8 = T.sblock_alloc_buffer((F, JO, DO, HVX_KEYS, HVX_DEPTH), "uint8")
+        k_u8 = T.sblock_alloc_buffer((JO, DO, HVX_KEYS, HVX_DEPTH), "uint8")
         acc = T.sblock_alloc_buffer((F, QC, KVP), "int32")
         for h, s, do, b in T.grid(F, QC, DO, HVX_DEPTH):
             with T.sblock("q8"):
@@ -151,13 +153,13 @@ def bucket_graph_hvx(fused: int, q_chunk: int, kv_len: int, head_dim: int, q_sca
                 with T.init():
                     q_bias[vh, vs] = 0
                 q_bias[vh, vs] = q_bias[vh, vs] - signed_byte(q8[vh, vs, vdo], vb) * 128
-        for h, jo, do, ji, di in T.grid(F, JO, DO, HVX_KEYS, HVX_DEPTH):
+        for jo, do, ji, di in T.grid(JO, DO, HVX_KEYS, HVX_DEPTH):
             with T.sblock("k_u8"):
-                vh, vjo, vdo, vji, vdi = T.axis.remap("SSSSS", [h, jo, do, ji, di])
-                k_u8[vh, vjo, vdo, vji, vdi] = T.if_then_else(
+                vjo, vdo, vji, vdi = T.axis.remap("SSSS", [jo, do, ji, di])
+                k_u8[vjo, vdo, vji, vdi] = T.if_then_else(
                     vjo * HVX_KEYS + vji < KV and vdo * HVX_DEPTH + vdi < D,
-                    T.Cast("uint8", k_int(k[vh, T.min(vjo * HVX_KEYS + vji, KV - 1),
-                                            T.min(vdo * HVX_DEPTH + vdi, D - 1)], vh) + 128),
+                    T.Cast("uint8", k_int(k[T.min(vjo * HVX_KEYS + vji, KV - 1), T.min(vdo * HVX_DEPTH + vdi, D - 1)])
+                           + 128),
                     T.uint8(128))
         for h, i, j, ro, ri in T.grid(F, QC, KVP, DO, HVX_DEPTH):
             with T.sblock("acc"):
@@ -165,7 +167,7 @@ def bucket_graph_hvx(fused: int, q_chunk: int, kv_len: int, head_dim: int, q_sca
                 with T.init():
                     acc[vh, vi, vj] = 0
                 acc[vh, vi, vj] = acc[vh, vi, vj] + signed_byte(q8[vh, vi, vro], vri) * T.Cast(
-                    "int32", k_u8[vh, vj // HVX_KEYS, vro, vj % HVX_KEYS, vri])
+                    "int32", k_u8[vj // HVX_KEYS, vro, vj % HVX_KEYS, vri])
         for h, i, j in T.grid(F, QC, KV):
             with T.sblock("scores"):
                 vh, vi, vj = T.axis.remap("SSS", [h, i, j])

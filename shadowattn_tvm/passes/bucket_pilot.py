@@ -87,7 +87,7 @@ class BucketPilot:
         for g in self.graphs:
             s = g.spec
             lines.append(f"{g.name:<40} {s.fused:>2} {s.q_rows:>5} {s.kv_len:>5} {s.q_scales[0]:>9.3g} "
-                         f"{s.k_scales[0]:>9.3g} {s.macs / 1e6:>7.1f} {s.io_bytes / 1024:>7.0f}")
+                         f"{s.k_scale:>9.3g} {s.macs / 1e6:>7.1f} {s.io_bytes / 1024:>7.0f}")
         return "\n".join(lines)
 
     def layer_stats(self, block: AttentionBlock) -> ScaleStats:
@@ -234,7 +234,7 @@ class _BlockBuilder:
         for cell in range(self.grid.num_cells):
             spec = BucketSpec(u.fused, u.q_rows, u.kv_len, blk.head_dim,
                               tuple(self.grid.q_scales[cell][h] for h in u.heads),
-                              (self.grid.k_scales[cell][u.kv_head],) * u.fused, blk.dtype)
+                              self.grid.k_scales[cell][u.kv_head], blk.dtype)
             graphs.append(o.graph(spec, blk.layer, cell, group))
         table = relax.const(self.grid.cell_table(u.heads, u.kv_head))
         ret = relax.TupleType([relax.TensorType([1, u.fused, u.q_rows, u.kv_len], "int32"),

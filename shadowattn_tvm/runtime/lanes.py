@@ -226,7 +226,7 @@ class NPULane:
             dev = tvm.cpu()
             scores = tvm.runtime.empty((1, unit.fused, unit.q_rows, unit.kv_len), "int32", dev)
             bufs = (tvm.runtime.empty((unit.fused, unit.q_rows, head_dim), dtype, dev),
-                    tvm.runtime.empty((unit.fused, unit.kv_len, head_dim), dtype, dev),
+                    tvm.runtime.empty((unit.kv_len, head_dim), dtype, dev),
                     scores, scores._create_view((unit.fused, unit.q_rows, unit.kv_len)))
             self._buffers[key] = bufs
         return bufs

@@ -2,10 +2,11 @@
 
 Input: `ops.npu_graph.bucket_graph_hvx` (or any bucket graph: `schedule_bucket_graph` derives the
 HVX form from its parameters). Output: a scheduled PrimFunc for `targets.hexagon`, whose loop nest
-per fused head h is
+is
 
-    k_u8 of head h (scalar: divide, round, shift to uint8, pack 32 keys x 4 bytes per vector)
-    for each block of `rows` query rows:
+    k_u8 of the group's one K head, once (scalar: divide, round, shift to uint8, pack 32 keys x
+        4 bytes per vector); every fused head reads it
+    for each fused head h, for each block of `rows` query rows:
         q8 and q_bias of those rows (scalar)
         for each 32-key block: rows accumulators = 0;
             for each 4-deep slice of head_dim: rows x vrmpybus.acc (one K vector, one Q word)
@@ -104,17 +105,16 @@ def schedule_bucket_graph(func):
     sch.compute_at(q_bias, io)
     q8 = sch.get_sblock("q8")
     sch.compute_at(q8, io)
-    k_u8 = sch.get_sblock("k_u8")
-    sch.compute_at(k_u8, h)
+    k_u8 = sch.get_sblock("k_u8")  # stays at the root: every fused head reads the one packed K
     # Per-row-block scratch (compacted to one row block by compute_at; the intrinsic takes Q words
     # and accumulators in "local"): LLVM keeps the accumulators in vector registers. K's packed
-    # copy (kv_len x head_dim bytes per head) is the one large workspace.
+    # copy (kv_len x head_dim bytes) is the one large workspace.
     for block in (acc, q_bias, q8):
         sch.set_scope(block, 0, "local")
     # One flat loop per quantize stage: nested short loops make LLVM unroll them into several
     # copies of the division sequence (~40% more Hexagon code and compile time, no speed gain).
     # compute_at creates no unit loops, so which loops exist depends on the shape.
-    _fuse(sch, _loops_under(sch, k_u8, h))
+    _fuse(sch, sch.get_loops(k_u8))
     _fuse(sch, _loops_under(sch, q8, io)[:-1])  # rows, Q words; not the 4 bytes of a word
 
     # acc under jo: [rows if > 1], keys, [depth_o if head_dim > 4], depth_i. The 4-deep slice

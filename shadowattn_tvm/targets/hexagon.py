@@ -38,7 +38,7 @@ from ..schedules.hexagon import rows_per_block, schedule_bucket_graph
 from .hexagon_inspect import asm_function, code_bytes, dynamic_symbols, hvx_loop_macs
 
 MANIFEST = "manifest.json"
-FORMAT = "shadowattn-hexagon-graphs/1"
+FORMAT = "shadowattn-hexagon-graphs/2"  # 2: K [kv_len, D] once per graph, one k_scale
 _CACHE_VERSION = "1"  # bump when the schedule or the build steps change what an object contains
 
 
@@ -113,9 +113,9 @@ class GraphEntry:
     kv_len: int
     head_dim: int
     dtype: str
-    q_scales: tuple
-    k_scales: tuple
-    inputs: tuple  # (TensorInfo q, TensorInfo k)
+    q_scales: tuple  # one per fused head
+    k_scale: float  # the group's one KV head
+    inputs: tuple  # (TensorInfo q [fused, q_chunk, D], TensorInfo k [kv_len, D])
     outputs: tuple  # (TensorInfo scores,)
     object: str  # relative to the library directory
     object_bytes: int  # the .o file, with debug info
@@ -171,7 +171,7 @@ def load_graph_library(path) -> GraphLibrary:
         raw = dict(raw)
         for io in ("inputs", "outputs"):
             raw[io] = tuple(TensorInfo(t["name"], tuple(t["shape"]), t["dtype"]) for t in raw[io])
-        raw["q_scales"], raw["k_scales"] = tuple(raw["q_scales"]), tuple(raw["k_scales"])
+        raw["q_scales"] = tuple(raw["q_scales"])
         graphs[key] = GraphEntry(key=key, **raw)
     return GraphLibrary(manifest.parent, HexagonArch(data["arch"]), data["library"], data["library_bytes"],
                         graphs, data["target"], tuple(data["imports"]))
@@ -325,8 +325,8 @@ def _entry(key, name, p, obj, asm, keep_asm, seconds, cached) -> GraphEntry:
     f, qc, kv, d = p["fused"], p["q_chunk"], p["kv_len"], p["head_dim"]
     return GraphEntry(
         key=key, function=name, symbol=f"__tvm_ffi_{name}", fused=f, q_chunk=qc, kv_len=kv, head_dim=d,
-        dtype=p["dtype"], q_scales=tuple(p["q_scales"]), k_scales=tuple(p["k_scales"]),
-        inputs=(TensorInfo("q", (f, qc, d), p["dtype"]), TensorInfo("k", (f, kv, d), p["dtype"])),
+        dtype=p["dtype"], q_scales=tuple(p["q_scales"]), k_scale=p["k_scale"],
+        inputs=(TensorInfo("q", (f, qc, d), p["dtype"]), TensorInfo("k", (kv, d), p["dtype"])),
         outputs=(TensorInfo("scores", (f, qc, kv), "int32"),),
         object=f"objects/{name}.o", object_bytes=len(obj), code_bytes=code_bytes(obj),
         hvx_loop_macs=hvx_loop_macs(asm, name), workspace_bytes=workspace_bytes(p),
@@ -335,7 +335,7 @@ def _entry(key, name, p, obj, asm, keep_asm, seconds, cached) -> GraphEntry:
 
 
 def workspace_bytes(params: dict) -> int:
-    """Scratch one call of the scheduled graph allocates: K packed for one head, plus one row
+    """Scratch one call of the scheduled graph allocates: the group's K packed once, plus one row
     block's Q words, biases and accumulators (see `schedules.hexagon`)."""
     words = -(-params["head_dim"] // HVX_DEPTH)
     keys = -(-params["kv_len"] // HVX_KEYS) * HVX_KEYS

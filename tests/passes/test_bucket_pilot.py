@@ -150,7 +150,7 @@ def test_structure_graphs_and_units():
     grid = BucketGrid.build(0, STATS)
     for entry in bucket.graphs:
         assert entry.spec.q_scales == (grid.q_scales[entry.cell][0],) * 2
-        assert entry.spec.k_scales == (grid.k_scales[entry.cell][0],) * 2
+        assert entry.spec.k_scale == grid.k_scales[entry.cell][0]
         assert entry.spec.kv_len in (32, 64) and entry.spec.q_rows == 32
         assert mod[entry.name].attrs["tirx.is_scheduled"]
     table = bucket.graph_table().splitlines()

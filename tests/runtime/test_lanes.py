@@ -23,7 +23,8 @@ class _Kernels:
         self.calls, self.fail = [], fail
 
     def stage(self, q, k, q_buf, k_buf, *scalars):
-        self.calls.append(("stage", tuple(int(s) for s in scalars), threading.get_ident(), os.sched_getaffinity(0)))
+        self.calls.append(("stage", tuple(int(s) for s in scalars), threading.get_ident(), os.sched_getaffinity(0),
+                           (tuple(q_buf.shape), tuple(k_buf.shape))))
 
     def graph(self, cell):
         def run(q_buf, k_buf, scores):
@@ -53,6 +54,7 @@ def test_launch_picks_the_nearest_cell_and_wait_returns_its_scores_and_scales(mo
     np.testing.assert_allclose(k_scale.numpy(), [0.2])
     stage = next(c for c in kernels.calls if c[0] == "stage")
     assert stage[1] == (0, 2, 1, 1, 4, 4, 8)  # batch, head0, head_stride, kv_head, row0, rows, kv_valid
+    assert stage[4] == ((2, 4, 16), (8, 16))  # Q rows per fused head; the group's K head once
     ran_on = {c[2] for c in kernels.calls}
     if mode == LaneMode.SERIAL:
         assert ran_on == {threading.get_ident()}

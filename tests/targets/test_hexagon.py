@@ -1,8 +1,8 @@
 """Hexagon NPU graph library: the HVX graph form, its schedule, v73/v75 builds, and exact results
 under qemu-hexagon (marker `emulated`; installs qemu-user, lld and ziglang on first use).
 
-The build grid is a 3x3 (λQ, λK) bucket grid (cells at (1 + σ/2 · step) x each head's centre
-scale, σ = 0.5, step -1/0/1) for each of two shapes (head_dim 64): fused 1 x 16 query rows x 128
+The build grid is a 3x3 (λQ, λK) bucket grid (cells at (1 + σ/2 · step) x each Q head's and the
+one K head's centre scale, σ = 0.5, step -1/0/1) for each of two shapes (head_dim 64): fused 1 x 16 query rows x 128
 keys, and fused 2 x 6 rows x 72 keys (2-row blocks, a partial 32-key block); plus four odd graphs
 for the schedule's edge cases (single-row blocks, head_dim not a multiple of 4, one key, float16
 inputs). 22 graphs per arch; objects are cached under SHADOWATTN_CACHE, so a warm run rebuilds
@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import tvm
 
+from shadowattn_tvm._compat import s_tir
 from shadowattn_tvm.ops import reference
 from shadowattn_tvm.ops.npu_graph import bucket_graph, bucket_graph_hvx, bucket_params, hvx_variant
 from shadowattn_tvm.schedules.hexagon import rows_per_block, schedule_bucket_graph
@@ -45,7 +46,7 @@ def grid_graphs() -> dict:
             for b in STEPS:
                 key = f"test_f{fused}_q{q_chunk}_kv{kv_len}_c{(a + 1) * 3 + b + 1}"
                 graphs[key] = bucket_graph(fused, q_chunk, kv_len, HEAD_DIM, _scales(0.02, fused, a),
-                                           _scales(0.03, fused, b))
+                                           _scales(0.03, 1, b)[0])
     return graphs
 
 
@@ -53,27 +54,28 @@ def library_graphs() -> dict:
     graphs = grid_graphs()
     for fused, q_chunk, kv_len, head_dim, dtype in ODD_SHAPES:
         graphs[f"test_odd_f{fused}_q{q_chunk}_kv{kv_len}_d{head_dim}_{dtype}"] = bucket_graph(
-            fused, q_chunk, kv_len, head_dim, _scales(0.02, fused, 0), _scales(0.03, fused, 1), dtype)
+            fused, q_chunk, kv_len, head_dim, _scales(0.02, fused, 0), _scales(0.03, 1, 1)[0], dtype)
     return graphs
 
 
-def expected_scores(q, k, q_scales, k_scales):
-    """numpy reference: ops.reference.quantize per fused head, then the int32 Q·Kᵀ."""
+def expected_scores(q, k, q_scales, k_scale):
+    """numpy reference: ops.reference.quantize of each fused Q head and of the one K head, then
+    every head's int32 Q·Kᵀ against that K."""
     q8 = reference.quantize(q[None], np.asarray(q_scales, np.float32))[0].astype(np.int32)
-    k8 = reference.quantize(k[None], np.asarray(k_scales, np.float32))[0].astype(np.int32)
-    return np.einsum("hid,hjd->hij", q8, k8)
+    k8 = reference.quantize(k[None, None], np.asarray([k_scale], np.float32))[0, 0].astype(np.int32)
+    return np.einsum("hid,jd->hij", q8, k8)
 
 
-def random_inputs(rng, fused, q_chunk, kv_len, head_dim, q_scales, k_scales, dtype="float32"):
+def random_inputs(rng, fused, q_chunk, kv_len, head_dim, q_scales, k_scale, dtype="float32"):
     """Values spanning the int8 range and beyond it (clipping): |x / scale| up to ~250."""
     q = rng.standard_normal((fused, q_chunk, head_dim)) * np.asarray(q_scales)[:, None, None] * 60
-    k = rng.standard_normal((fused, kv_len, head_dim)) * np.asarray(k_scales)[:, None, None] * 60
+    k = rng.standard_normal((kv_len, head_dim)) * k_scale * 60
     q, k = q.astype(dtype), k.astype(dtype)
     return q, k
 
 
 def _run_host(func, q, k):
-    out = tvm.runtime.empty((q.shape[0], q.shape[1], k.shape[1]), "int32", tvm.cpu())
+    out = tvm.runtime.empty((q.shape[0], q.shape[1], k.shape[0]), "int32", tvm.cpu())
     build_prim(func)(tvm.runtime.tensor(q), tvm.runtime.tensor(k), out)
     return out.numpy()
 
@@ -82,7 +84,7 @@ def _run_host(func, q, k):
 
 @pytest.mark.parametrize("fused,q_chunk,kv_len,head_dim", [(2, 16, 64, 64), (1, 5, 40, 10), (2, 6, 72, 64)])
 def test_hvx_graph_matches_bucket_graph_and_numpy(rng, fused, q_chunk, kv_len, head_dim):
-    qs, ks = [0.02, 0.031][:fused], [0.027, 0.011][:fused]
+    qs, ks = [0.02, 0.031][:fused], 0.027
     q, k = random_inputs(rng, fused, q_chunk, kv_len, head_dim, qs, ks)
     want = expected_scores(q, k, qs, ks)
     np.testing.assert_array_equal(_run_host(bucket_graph_hvx(fused, q_chunk, kv_len, head_dim, qs, ks), q, k), want)
@@ -94,16 +96,16 @@ def test_hvx_rounding_is_numpy_rint_with_clipping():
                        -np.inf, 0.49999997, 3.0000002, -0.0, 1e-30], np.float32)
     q = np.zeros((1, 1, 32), np.float32)
     q[0, 0, :len(values)] = values * np.float32(0.25)  # scale 0.25: q / s is exact, ties stay ties
-    k = np.eye(32, dtype=np.float32)[None] * np.float32(0.125)  # k8 = identity
-    got = _run_host(bucket_graph_hvx(1, 1, 32, 32, [0.25], [0.125]), q, k)
+    k = np.eye(32, dtype=np.float32) * np.float32(0.125)  # k8 = identity
+    got = _run_host(bucket_graph_hvx(1, 1, 32, 32, [0.25], 0.125), q, k)
     np.testing.assert_array_equal(got[0, 0], np.clip(np.rint(q[0, 0] / np.float32(0.25)), -127, 127).astype(np.int32))
 
 
 def test_bucket_params_survive_both_forms():
-    func = bucket_graph(2, 8, 64, 64, [0.1, 0.2], [0.3, 0.4])
+    func = bucket_graph(2, 8, 64, 64, [0.1, 0.2], 0.3)
     params = bucket_params(func)
     assert params == {"fused": 2, "q_chunk": 8, "kv_len": 64, "head_dim": 64, "q_scales": [0.1, 0.2],
-                      "k_scales": [0.3, 0.4], "dtype": "float32"}
+                      "k_scale": 0.3, "dtype": "float32"}
     assert bucket_params(hvx_variant(func)) == params
     assert bucket_params(schedule_bucket_graph(func)) == params
     with pytest.raises(ValueError, match="not a bucket graph"):
@@ -115,9 +117,12 @@ def test_bucket_params_survive_both_forms():
 @pytest.mark.parametrize("shape", [(2, 6, 72, 64), (1, 5, 40, 10), (3, 7, 33, 3), (1, 1, 1, 1), (2, 4, 256, 128)])
 def test_schedule_puts_the_qk_update_on_vrmpy(shape):
     fused = shape[0]
-    script = schedule_bucket_graph(bucket_graph(*shape, [0.1] * fused, [0.3] * fused)).script()
+    func = schedule_bucket_graph(bucket_graph(*shape, [0.1] * fused, 0.3))
+    script = func.script()
     assert script.count("llvm.hexagon.V6.vrmpybus.acc.128B") == 1
     assert 'T.sblock("acc_update")' not in script  # the scalar update block was replaced
+    sch = s_tir.Schedule(func)
+    assert len(sch.get_loops(sch.get_sblock("k_u8"))) == 1  # K packed once, in one flat loop outside the heads
 
 
 def test_rows_per_block():
@@ -177,15 +182,16 @@ def test_manifest_lists_symbols_shapes_dtypes_scales_and_sizes(libraries):
     entry = lib.graphs["test_f2_q6_kv72_c4"]
     assert entry.symbol == "__tvm_ffi_test_f2_q6_kv72_c4"
     assert [(t.name, t.shape, t.dtype) for t in entry.inputs + entry.outputs] == [
-        ("q", (2, 6, 64), "float32"), ("k", (2, 72, 64), "float32"), ("scores", (2, 6, 72), "int32")]
-    assert entry.q_scales == tuple(bucket_params(grid_graphs()["test_f2_q6_kv72_c4"])["q_scales"])
+        ("q", (2, 6, 64), "float32"), ("k", (72, 64), "float32"), ("scores", (2, 6, 72), "int32")]
+    params = bucket_params(grid_graphs()["test_f2_q6_kv72_c4"])
+    assert entry.q_scales == tuple(params["q_scales"]) and entry.k_scale == params["k_scale"]
     assert (lib.directory / entry.object).stat().st_size == entry.object_bytes
     data = lib.to_json()
     assert data["arch"] == "v75" and data["library"] == "graphs_v75.so" and "-hvx-qfloat" in data["target"]["mattr"]
 
 
 def test_build_rejects_bad_requests(tmp_path):
-    func = bucket_graph(1, 4, 32, 64, [0.1], [0.1])
+    func = bucket_graph(1, 4, 32, 64, [0.1], 0.1)
     with pytest.raises(ValueError, match="same symbol"):
         hx.build_graph_library({"a-b": func, "a_b": func}, "v75", tmp_path)
     with pytest.raises(ValueError, match="unsupported Hexagon arch"):
@@ -217,11 +223,11 @@ def test_every_graph_runs_exactly_under_qemu_hexagon(libraries, toolchain, arch)
     lib, rng = libraries[arch], np.random.default_rng(7)
     inputs, want = {}, {}
     for key, e in lib.graphs.items():
-        q, k = random_inputs(rng, e.fused, e.q_chunk, e.kv_len, e.head_dim, e.q_scales, e.k_scales, e.dtype)
+        q, k = random_inputs(rng, e.fused, e.q_chunk, e.kv_len, e.head_dim, e.q_scales, e.k_scale, e.dtype)
         ties = (np.array([0.5, 1.5, -2.5, 3.5]) * e.q_scales[0]).astype(e.dtype)  # .5 ties where exact
         flat = q.reshape(-1)
         flat[:min(4, flat.size)] = ties[:flat.size]
-        inputs[key], want[key] = {"q": q, "k": k}, expected_scores(q, k, e.q_scales, e.k_scales)
+        inputs[key], want[key] = {"q": q, "k": k}, expected_scores(q, k, e.q_scales, e.k_scale)
     got = run_graphs(lib, inputs, toolchain=toolchain, log=lambda _msg: None)
     for key in lib.graphs:
         np.testing.assert_array_equal(got[key], want[key], err_msg=f"{arch} {key}")
@@ -236,6 +242,6 @@ def test_a_graph_argument_error_surfaces_from_the_device_code(libraries, toolcha
     wrong = dataclasses.replace(lib.graphs[key], inputs=(hx.TensorInfo("q", (1, 8, 64), "float32"),
                                                          lib.graphs[key].inputs[1]))
     lying = dataclasses.replace(lib, graphs={key: wrong})  # the manifest lies; the graph checks shapes
-    q, k = np.zeros((1, 8, 64), np.float32), np.zeros((1, 128, 64), np.float32)
+    q, k = np.zeros((1, 8, 64), np.float32), np.zeros((128, 64), np.float32)
     with pytest.raises(EmulatorError, match=r"q\.shape\[1\]"):
         run_calls(lying, [(key, {"q": q, "k": k})], toolchain=toolchain, log=lambda _msg: None)
