@@ -1,7 +1,9 @@
 """Models `shadowattn compile` knows by name; each builds a static-length Relax module.
 
-Only the embedded default exists yet (the Qwen2-0.5B-shaped attention block of `shadowattn demo`).
-Real models (ONNX, GGUF/safetensors) join this registry when the frontend lands.
+* ``default``: the Qwen2-0.5B-shaped attention block of `shadowattn demo block`;
+* ``smollm2``: SmolLM2-135M-Instruct (`shadowattn demo`), `main(input_ids[1, tokens], *weights)`
+  -> logits; its weights are inputs of `main` (not baked into the library), loaded from the GGUF
+  by `ModelBuild.weights` when a deploy needs them.
 """
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
+
+from .._compat import tvm
 
 from ..demo import DEFAULT_SPEC
 from ..testing import AttentionSpec, attention_module
@@ -38,6 +42,7 @@ class ModelBuild:
     outputs: tuple
     description: str
     config: dict = field(default_factory=dict, compare=False)  # JSON-able, recorded in the manifest
+    weights: Callable[[], dict] | None = field(default=None, compare=False)  # input name -> array (real weights)
 
 
 def _tensor(var_name: str, ty) -> TensorSpec:
@@ -69,7 +74,25 @@ def _default(tokens: int) -> ModelBuild:
     )
 
 
-MODELS: dict[str, Callable[[int], ModelBuild]] = {"default": _default}
+def _smollm2(tokens: int) -> ModelBuild:
+    from ..frontend.model import LlamaRunner, resolve_model
+
+    runner = LlamaRunner(resolve_model("smollm2"))
+    mod, _ = runner.export(tokens)
+    entry = mod["forward"].with_attr("global_symbol", "main")
+    mod = tvm.IRModule({gv: f for gv, f in mod.functions.items() if gv.name_hint != "forward"}, attrs=mod.attrs)
+    mod["main"] = entry
+    inputs, outputs = signature(mod)
+    cfg = runner.config
+    return ModelBuild(
+        name="smollm2", mod=mod, inputs=inputs, outputs=outputs,
+        description=f"SmolLM2-135M-Instruct ({cfg.layers} layers, {cfg.heads} q heads, {cfg.kv_heads} kv "
+                    f"heads), {tokens}-token prefill; weights are inputs",
+        config={"gguf": runner.model.fingerprint}, weights=runner.weights,
+    )
+
+
+MODELS: dict[str, Callable[[int], ModelBuild]] = {"default": _default, "smollm2": _smollm2}
 DEFAULT_TOKENS = DEFAULT_SPEC.q_len
 
 
@@ -96,4 +119,11 @@ def make_inputs(inputs, seed: int = 0) -> list[np.ndarray]:
     return arrays
 
 
-__all__ = ["MODELS", "DEFAULT_TOKENS", "ModelBuild", "TensorSpec", "get_model", "make_inputs", "signature"]
+def model_inputs(built: ModelBuild, seed: int = 0) -> list[np.ndarray]:
+    """Inputs for a run of `built`: its real weights where it has them, `make_inputs` for the rest."""
+    weights = built.weights() if built.weights is not None else {}
+    data = iter(make_inputs([s for s in built.inputs if s.name not in weights], seed))
+    return [weights[s.name] if s.name in weights else next(data) for s in built.inputs]
+
+
+__all__ = ["MODELS", "DEFAULT_TOKENS", "ModelBuild", "TensorSpec", "get_model", "make_inputs", "model_inputs", "signature"]

@@ -19,7 +19,8 @@ def add_parser(sub) -> None:
                    help=f"static prefill length (default {DEFAULT_TOKENS})")
     p.add_argument("--keep", type=float, default=0.2, help="fraction of keys kept per row (default 0.2)")
     p.add_argument("--k-min", type=int, default=16, help="minimum keys kept per row (default 16)")
-    p.add_argument("--profile", metavar="FILE", help="calibration profile JSON (per-head ratios; overrides --keep)")
+    p.add_argument("--profile", metavar="FILE", help="calibration profile JSON (per-head ratios; overrides --keep; smollm2 "
+                                                     "defaults to the shipped profile at --keep)")
     tuned = p.add_mutually_exclusive_group()
     tuned.add_argument("--tune-logs", metavar="DIR",
                        help="MetaSchedule database from `shadowattn tune` (default: tune_logs/<device> if it exists); "
@@ -32,12 +33,14 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from ..builder import BuildDirError, compile_to_dir
     from ..builder.options import default_tune_logs
-    from ..calibrate.profile import ProfileError, SparsityProfile
+    from ..calibrate.profile import SHIPPED_PROFILE, ProfileError, SparsityProfile
     from ..runtime.toolchain import ToolchainError
     from ..targets import get as get_device
 
     try:
         profile = SparsityProfile.load(args.profile) if args.profile else None
+        if profile is None and args.model == "smollm2":
+            profile = SparsityProfile.load(SHIPPED_PROFILE).retarget(args.keep)
         tune_logs = args.tune_logs
         if tune_logs is None and not args.no_tune_logs:
             tune_logs = default_tune_logs(get_device(args.device).name)

@@ -50,6 +50,10 @@ class LlamaRunner:
         mod, named = module.export_tvm(spec={"forward": {"input_ids": nn.spec.Tensor([1, seq_len], "int32")}})
         return mod, [name for name, _ in named]
 
+    def weights(self) -> dict:
+        """The exported module's parameters by name, float32 numpy arrays from the GGUF."""
+        return gguf_params(self.model, MAX_LEN)
+
     def compile(self, seq_len: int, relax_pipeline, target=None):
         """Compile for `seq_len` tokens; returns forward(ids [seq_len] int) -> logits [seq_len, vocab]."""
         mod, names = self.export(seq_len)
@@ -60,7 +64,7 @@ class LlamaRunner:
         ex = tvm.compile(mod, target=target, relax_pipeline=relax_pipeline)
         vm = relax.VirtualMachine(ex, tvm.cpu())
         if self._params is None:
-            self._params = {k: tvm.runtime.tensor(v) for k, v in gguf_params(self.model, MAX_LEN).items()}
+            self._params = {k: tvm.runtime.tensor(v) for k, v in self.weights().items()}
         weights = [self._params[n] for n in names]
 
         def forward(ids) -> np.ndarray:

@@ -3,7 +3,8 @@
     result = deploy("build/", Endpoint("127.0.0.1", 9190, key="snapdragon-8gen3"))
     print(result.table())
 
-The prefill runs on the device with deterministic inputs made from the manifest's input shapes
+The prefill runs on the device with the model's real weights (when it has them) and deterministic
+data inputs made from its input shapes
 (seed 0 unless told); the same model is compiled for this host with the same options and run on the
 same inputs, and the outputs must agree. Latency comes from the device's own ``time_evaluator``.
 
@@ -24,7 +25,8 @@ from typing import Callable
 import numpy as np
 
 from .._compat import relax, tvm
-from ..builder import BuildOptions, compile_model, get_model, load_manifest, make_inputs
+from ..builder import BuildOptions, compile_model, get_model, load_manifest
+from ..builder.models import model_inputs
 from ..targets import get as get_device
 from ..targets.export import elf_machine
 from ._rpc_server_main import INFO_FUNCTION
@@ -153,7 +155,8 @@ def deploy(build_dir: str | Path, endpoint: Endpoint, *, seed: int = 0, number: 
     manifest = load_manifest(build_dir)
     cpu_module = manifest.file_of_kind("cpu-module")
     entry = manifest.data.get("entry", "main")
-    inputs = make_inputs(manifest.inputs, seed)
+    model = manifest.data["model"]
+    inputs = model_inputs(get_model(model["name"], int(model["tokens"])), seed)
     phases: dict[str, float] = {}
     timed = _phase_runner(endpoint, phases, on_phase)
 

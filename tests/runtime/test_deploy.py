@@ -81,3 +81,12 @@ def test_server_dying_mid_run_then_stop(doomed_host_phone, host_build):
     assert phone.stop(doomed_host_phone, **quiet)
     for proc in (doomed_host_phone.tracker, doomed_host_phone.server):
         assert not proc.alive() and phone.live_group_members(proc.pid) == []
+
+
+def test_deploy_smollm2_runs_its_real_weights(host_phone, tmp_path):
+    from shadowattn_tvm.builder import compile_to_dir
+
+    build = compile_to_dir("host", tmp_path / "smollm2", model="smollm2", tokens=16, **quiet)
+    assert build.report.summary() == "30/30 attention blocks rewritten"
+    result = deploy(build.out_dir, _tracker(host_phone), repeat=1, **quiet)
+    assert result.verified and result.max_abs_err <= 1e-4
