@@ -178,6 +178,13 @@ def topk_indices(block, k_min: int, mask_shape=None):
                 for t in range(KMAX - st[5]):
                     IDX[b, h, i, st[5] + t] = -1
 
+    return topk_func(select_rows, block, has_mask)
+
+
+def topk_func(select_rows, block, has_mask: bool):
+    """The top-k PrimFunc (scores, ratio[H] f64[, q_scale[H], k_scale[Hkv], mask], idx) around a
+    row-selection macro `select_rows(S, RATIO, QS, KS, MASK, IDX)`; the CPU and Adreno kernels share it."""
+    group = block.group
     if has_mask:
 
         @T.prim_func

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from .._compat import T, tirx
 from ..block import MASKED_BELOW, CausalMode, KVMap
+from ..ops.topk import topk_func
 
 THREADS = 64  # work-items per row: one Adreno wave or less
 _INT32_MIN, _INT32_MAX = -(2 ** 31), 2 ** 31 - 1
@@ -118,8 +119,9 @@ def topk_indices(block, k_min: int, mask_shape=None, threads: int = THREADS):
                         loc[0] = loc[0] + T.Cast("int64", T.Cast("int64", key(S, MASK, deq, b, h, i, j)) >= above)
 
     @T.macro
-    def select_rows(S, RBITS, QS, KS, MASK, IDX):
+    def select_rows(S, RATIO, QS, KS, MASK, IDX):
         B, H, SQ, SKV, KMAX = S.shape[0], S.shape[1], S.shape[2], S.shape[3], IDX.shape[3]
+        RBITS = T.decl_buffer((H,), "int64", data=RATIO.data)  # no fp64 on Adreno: read the bits
         for row in T.thread_binding(B * H * SQ, thread="blockIdx.x"):
             for tx in T.thread_binding(threads, thread="threadIdx.x"):
                 # TVM's sync planner rejects shared loads in branch conditions, selects and loop
@@ -217,34 +219,7 @@ def topk_indices(block, k_min: int, mask_shape=None, threads: int = THREADS):
                     if sv[3] + r * threads + tx < KMAX:
                         IDX[b, h, i, sv[3] + r * threads + tx] = -1
 
-    if has_mask:
-
-        @T.prim_func
-        def topk(s_h: T.handle, r_h: T.handle, qs_h: T.handle, ks_h: T.handle, m_h: T.handle, o_h: T.handle):
-            T.func_attr({"global_symbol": "sat_topk_masked", "tirx.noalias": True, "tirx.is_scheduled": True})
-            B, H, SQ, SKV, KMAX, MB, MH = T.int64(), T.int64(), T.int64(), T.int64(), T.int64(), T.int64(), T.int64()
-            S = T.match_buffer(s_h, (B, H, SQ, SKV), "int32")
-            RATIO = T.match_buffer(r_h, (H,), "float64")
-            QS = T.match_buffer(qs_h, (H,), "float32")
-            KS = T.match_buffer(ks_h, (H // group,), "float32")
-            MASK = T.match_buffer(m_h, (MB, MH, SQ, SKV), block.dtype)
-            IDX = T.match_buffer(o_h, (B, H, SQ, KMAX), "int32")
-            RBITS = T.decl_buffer((H,), "int64", data=RATIO.data)  # no fp64 on Adreno: read the bits
-            select_rows(S, RBITS, QS, KS, MASK, IDX)
-
-    else:
-
-        @T.prim_func
-        def topk(s_h: T.handle, r_h: T.handle, o_h: T.handle):
-            T.func_attr({"global_symbol": "sat_topk", "tirx.noalias": True, "tirx.is_scheduled": True})
-            B, H, SQ, SKV, KMAX = T.int64(), T.int64(), T.int64(), T.int64(), T.int64()
-            S = T.match_buffer(s_h, (B, H, SQ, SKV), "int32")
-            RATIO = T.match_buffer(r_h, (H,), "float64")
-            IDX = T.match_buffer(o_h, (B, H, SQ, KMAX), "int32")
-            RBITS = T.decl_buffer((H,), "int64", data=RATIO.data)  # no fp64 on Adreno: read the bits
-            select_rows(S, RBITS, None, None, None, IDX)
-
-    return topk
+    return topk_func(select_rows, block, has_mask)
 
 
 __all__ = ["THREADS", "topk_indices"]
