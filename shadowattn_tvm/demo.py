@@ -44,9 +44,14 @@ class DemoResult:
         ]
         if self.torch_ms is not None:
             rows.append(("host latency, PyTorch SDPA dense (peer)", f"{self.torch_ms:.1f} ms"))
-        width = max(len(k) for k, _ in rows)
-        head = f"shadowAttn demo: Qwen2-0.5B-shaped attention block, {self.tokens} tokens, keep {self.keep}, host CPU"
-        return "\n".join([head, "-" * len(head)] + [f"{k.ljust(width)}  {v}" for k, v in rows])
+        return key_value_table(
+            f"shadowAttn demo: Qwen2-0.5B-shaped attention block, {self.tokens} tokens, keep {self.keep}, host CPU", rows)
+
+
+def key_value_table(head: str, rows) -> str:
+    """A titled two-column table of (label, value) rows, labels padded to one width."""
+    width = max(len(k) for k, _ in rows)
+    return "\n".join([head, "-" * len(head)] + [f"{k.ljust(width)}  {v}" for k, v in rows])
 
 
 def _inputs(spec: AttentionSpec, seed: int):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .calibrate.profile import SHIPPED_PROFILE, SparsityProfile
-from .demo import best_ms
+from .demo import best_ms, key_value_table
 from .evaluation.corpus import load_text
 from .evaluation.perplexity import Metrics, windows
 from .frontend.model import LlamaRunner, resolve_model
@@ -42,10 +42,8 @@ class ModelDemoResult:
             ("host prefill, TVM dense", f"{self.dense_ms:.0f} ms"),
             ("host prefill, TVM shadowAttn (pilot on the CPU too)", f"{self.sparse_ms:.0f} ms"),
         ]
-        width = max(len(k) for k, _ in rows)
-        head = (f"shadowAttn demo: {self.model}, {self.tokens}-token prefill of Pride and Prejudice, "
-                f"per-head keep {self.keep}, host CPU")
-        return "\n".join([head, "-" * len(head)] + [f"{k.ljust(width)}  {v}" for k, v in rows])
+        return key_value_table(f"shadowAttn demo: {self.model}, {self.tokens}-token prefill of Pride and Prejudice, "
+                               f"per-head keep {self.keep}, host CPU", rows)
 
 
 def run_model_demo(model: str = "smollm2", tokens: int = 512, keep: float = 0.2, repeat: int = 2,

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .._compat import relax, tvm
-from ..demo import DEFAULT_SPEC
+from ..demo import DEFAULT_SPEC, key_value_table
 from ..demo import _inputs as demo_inputs  # the demo's activations: same data as `shadowattn demo`
 from ..ops import reference
 from ..testing import AttentionSpec, attention_module, sparse_reference
@@ -91,10 +91,8 @@ class PipelinedDemoResult:
         ]
         if self.trace:
             rows.append(("Chrome trace (open in ui.perfetto.dev)", self.trace))
-        width = max(len(k) for k, _ in rows)
-        head = (f"shadowAttn NPU/CPU pipeline: Qwen2-0.5B-shaped block, {self.tokens} tokens, keep {self.keep}, "
-                "host twins")
-        return "\n".join([head, "-" * len(head)] + [f"{k.ljust(width)}  {v}" for k, v in rows])
+        return key_value_table(f"shadowAttn NPU/CPU pipeline: Qwen2-0.5B-shaped block, {self.tokens} tokens, "
+                               f"keep {self.keep}, host twins", rows)
 
 
 def run_pipelined_demo(tokens: int = 1024, keep: float = 0.2, k_min: int = 16, repeat: int = 3, seed: int = 0,
