@@ -92,12 +92,15 @@ def _host_executable(model: str, tokens: int, options_json: str):
     return built, compile_model(built.mod, get_device("host").cpu, BuildOptions.from_json(json.loads(options_json)))
 
 
-def _host_reference(manifest, inputs) -> np.ndarray:
+def _host_reference(manifest, seed: int) -> tuple[list, np.ndarray]:
+    """(the run's inputs, the host build's output on them)."""
     model = manifest.data["model"]
-    _, executable = _host_executable(model["name"], int(model["tokens"]),
-                                     json.dumps(manifest.data["pipeline"], sort_keys=True))
+    built, executable = _host_executable(model["name"], int(model["tokens"]),
+                                         json.dumps(manifest.data["pipeline"], sort_keys=True))
+    inputs = model_inputs(built, seed)
     vm = relax.VirtualMachine(executable, tvm.cpu())
-    return vm[manifest.data.get("entry", "main")](*[tvm.runtime.tensor(x, tvm.cpu()) for x in inputs]).numpy()
+    out = vm[manifest.data.get("entry", "main")](*[tvm.runtime.tensor(x, tvm.cpu()) for x in inputs]).numpy()
+    return inputs, out
 
 
 def _server_info(session) -> dict:
@@ -155,14 +158,12 @@ def deploy(build_dir: str | Path, endpoint: Endpoint, *, seed: int = 0, number: 
     manifest = load_manifest(build_dir)
     cpu_module = manifest.file_of_kind("cpu-module")
     entry = manifest.data.get("entry", "main")
-    model = manifest.data["model"]
-    inputs = model_inputs(get_model(model["name"], int(model["tokens"])), seed)
     phases: dict[str, float] = {}
     timed = _phase_runner(endpoint, phases, on_phase)
 
     timed("check", lambda: check_available(endpoint))  # before the host compile: fail fast
     log(f"[deploy] host reference: compiling {manifest.data['model']['name']} for this machine")
-    expected = timed("reference", lambda: _host_reference(manifest, inputs))
+    inputs, expected = timed("reference", lambda: _host_reference(manifest, seed))
     log(f"[deploy] running {entry} on {endpoint.describe()}")
     session = timed("connect", lambda: open_session(endpoint, wait=wait))
     error = None
