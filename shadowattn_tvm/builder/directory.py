@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import glob
 import os
 import shutil
 import tempfile
@@ -53,19 +54,49 @@ def swap_in(tmp: Path, out: Path) -> None:
     if _exchange(tmp, out):
         shutil.rmtree(tmp)  # tmp now holds the old build
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{os.getpid()}-", dir=out.parent))
     os.rename(out, old / "build")
     os.rename(tmp, out)
     shutil.rmtree(old)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale(out: Path) -> list[Path]:
+    """Delete the staging directories of builds of `out` whose process is gone (a killed compile).
+
+    Staging names carry the writer's pid (``.NAME.tmp-PID-XXXX``); a live writer's directory is
+    kept. Names without a pid come from builds before pids were recorded and are stale too.
+    """
+    removed = []
+    for kind in ("tmp", "old"):
+        for path in out.parent.glob(f".{glob.escape(out.name)}.{kind}-*"):
+            pid = path.name[len(f".{out.name}.{kind}-"):].split("-", 1)[0]
+            if path.is_dir() and not path.is_symlink() and not (pid.isdigit() and _alive(int(pid))):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    return removed
+
+
 @contextlib.contextmanager
 def staging(out: Path):
-    """A temporary directory next to `out`, swapped into place if the block succeeds, else removed."""
+    """A temporary directory next to `out`, swapped into place if the block succeeds, else removed.
+
+    Leftovers of killed builds of the same `out` are deleted first (`remove_stale`).
+    """
     out = Path(out).expanduser().absolute()
     check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    remove_stale(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
         yield tmp
         tmp.chmod(0o755)  # mkdtemp makes it 0700; a build directory is an ordinary directory

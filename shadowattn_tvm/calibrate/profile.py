@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,10 +21,20 @@ class ProfileError(ValueError):
 
 
 def check_keep(keep: float, what: str = "keep") -> float:
+    # bool is an int subclass: keep=True would silently mean "keep everything"
+    if isinstance(keep, bool) or not isinstance(keep, numbers.Real):
+        raise ProfileError(f"{what}={keep!r} is not a number: pass the fraction of keys to keep, e.g. 0.2")
     keep = float(keep)
     if not (0.0 < keep <= 1.0) or not math.isfinite(keep):
         raise ProfileError(f"{what}={keep!r} is outside (0, 1]: pass the fraction of keys to keep, e.g. 0.2")
     return keep
+
+
+def check_k_min(k_min: int) -> int:
+    """The minimum keys kept per row: a whole number >= 1 (2.5 or True would be cut silently)."""
+    if isinstance(k_min, bool) or not isinstance(k_min, numbers.Integral) or k_min < 1:
+        raise ProfileError(f"k_min={k_min!r} is not a whole number >= 1: pass the fewest keys a row keeps, e.g. 16")
+    return int(k_min)
 
 
 def _check_scales(scales, what: str) -> tuple:

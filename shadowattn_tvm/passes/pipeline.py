@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .._compat import relax, tvm
 from ..block import ScaleMode
-from ..calibrate.profile import ProfileError, SparsityProfile, check_keep
+from ..calibrate.profile import ProfileError, SparsityProfile, check_k_min, check_keep
 from ..npu.options import NPUOptions
 from ..schedules.tune_database import TuningDatabase
 from .apply_tuning_database import ApplyTuningDatabase
@@ -110,10 +110,11 @@ def pipeline(
         if keep is None:
             raise ProfileError("pass keep=<ratio in (0, 1]> or a profile")
         profile = SparsityProfile.uniform(check_keep(keep))
-    elif keep is not None and profile.layers and keep != profile.keep:
+    elif keep is not None and profile.layers and check_keep(keep) != profile.keep:
         raise ProfileError(
             f"keep={keep} conflicts with the profile's keep={profile.keep}: pass keep=None to use the profile"
         )
+    k_min = check_k_min(k_min)
     report = report if report is not None else AttentionReport()
     scale_mode = None if scale_mode is None else ScaleMode(scale_mode)
     phases = [

@@ -56,14 +56,7 @@ class TuningDatabase:
         if missing:
             raise TuneLogsError(f"tuning logs {self.work_dir} lack {', '.join(missing)} (MetaSchedule's JSON layout): "
                                 f"{fix} with -o {self.work_dir}")
-        for name in (WORKLOADS, RECORDS):
-            for number, line in enumerate((self.work_dir / name).read_text().splitlines(), 1):
-                try:
-                    if line.strip():
-                        json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise TuneLogsError(f"{self.work_dir / name}:{number} is not JSON ({err.msg}): delete the directory "
-                                        f"and {fix}, or remove the broken line") from None
+        _check_lines(self.work_dir, fix)
         try:
             self.db = meta_schedule().database.JSONDatabase(work_dir=str(self.work_dir), allow_missing=False)
         except Exception as err:  # noqa: BLE001 - TVM raises a bare error for records it cannot parse
@@ -122,6 +115,51 @@ class TuningDatabase:
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.baselines, indent=1, sort_keys=True) + "\n")
         tmp.replace(path)
+
+
+def _workload_problem(line) -> str | None:
+    ok = (isinstance(line, list) and len(line) == 2 and isinstance(line[0], str) and line[0].isdigit()
+          and isinstance(line[1], str))
+    return None if ok else "expected [structural hash, serialised workload]"
+
+
+def _record_problem(line, workloads: int) -> str | None:
+    # TuningRecord.AsJSON: [workload index, [trace, run_secs | null, target, args_info]]
+    if not (isinstance(line, list) and len(line) == 2 and isinstance(line[1], list) and len(line[1]) == 4):
+        return "expected [workload index, [trace, run_secs, target, args_info]]"
+    index, (trace, run_secs, target, args_info) = line
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < workloads:
+        return f"workload index {index!r} is not one of the {workloads} workloads"
+    if not (isinstance(trace, list) and len(trace) == 2 and isinstance(trace[0], list)):
+        return "the trace is not [instructions, decisions]"
+    if run_secs is not None and not (isinstance(run_secs, list) and all(
+            isinstance(s, (int, float)) and not isinstance(s, bool) for s in run_secs)):
+        return "run_secs is not a list of seconds"
+    if not isinstance(target, dict) or not isinstance(target.get("kind"), str) or not isinstance(args_info, list):
+        return "the target is not a target dict or args_info is not a list"
+    return None
+
+
+def _check_lines(work_dir: Path, fix: str) -> None:
+    """Check every line's JSON and layout before MetaSchedule parses them: TVM segfaults on some
+    well-formed JSON that is not a record (e.g. ``{"a": "b"}``)."""
+    workloads = 0
+    for name in (WORKLOADS, RECORDS):
+        for number, text in enumerate((work_dir / name).read_text().splitlines(), 1):
+            if not text.strip():
+                continue
+            try:
+                line = json.loads(text)
+            except json.JSONDecodeError as err:
+                problem = f"is not JSON ({err.msg})"
+            else:
+                problem = _workload_problem(line) if name == WORKLOADS else _record_problem(line, workloads)
+                kind = "workload" if name == WORKLOADS else "tuning record"
+                problem = None if problem is None else f"is not a MetaSchedule {kind} ({problem})"
+            if problem is not None:
+                raise TuneLogsError(f"{work_dir / name}:{number} {problem}: delete the directory and {fix}, "
+                                    "or remove the broken line")
+            workloads += name == WORKLOADS
 
 
 def _read_baselines(path: Path) -> dict:

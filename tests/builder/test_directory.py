@@ -39,3 +39,23 @@ def test_check_replaceable(tmp_path):
         check_replaceable(tmp_path / "file")
     with pytest.raises(BuildDirError, match="refusing to replace"):
         check_replaceable(tmp_path)
+
+
+def test_stale_staging_of_a_killed_build_is_removed(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead_pid = int(dead.stdout)  # that process has exited
+    out = tmp_path / "out"
+    _fill(tmp_path / f".out.tmp-{dead_pid}-abc", {"cpu.so": "half-written"})
+    _fill(tmp_path / ".out.tmp-legacy", {"cpu.so": "from a build before pids were recorded"})
+    _fill(tmp_path / f".out.old-{dead_pid}-def", {"build": ""})
+    live = tmp_path / f".out.tmp-{__import__('os').getpid()}-live"  # a build still running
+    _fill(live, {"cpu.so": "being written"})
+    other = tmp_path / f".other.tmp-{dead_pid}-x"  # another output's staging is not ours to touch
+    _fill(other, {})
+    with staging(out) as tmp:
+        _fill(tmp, {"manifest.json": "{}"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", live.name, other.name])

@@ -93,8 +93,12 @@ def test_unusable_logs_name_the_fix(tmp_path):
     records.write_text(good + "[0, [[[\n")
     with pytest.raises(TuneLogsError, match=r"database_tuning_record.json:2 is not JSON.*remove the broken line"):
         TuningDatabase(logs)
-    records.write_text("[7, [[], []]]\n")  # a record of a workload the file does not have
-    with pytest.raises(TuneLogsError, match="MetaSchedule cannot read .*delete the directory"):
+    records.write_text("[7, [[[], []], [1.0], {\"kind\": \"llvm\"}, []]]\n")  # a workload the file lacks
+    with pytest.raises(TuneLogsError, match="tuning_record.json:1 is not a MetaSchedule tuning record "
+                                            r"\(workload index 7 is not one of the 1 workloads\)"):
+        TuningDatabase(logs)
+    records.write_text('[0, [[[["NoSuchInstruction", [], [], []]], []], [1.0], {"kind": "llvm"}, []]]\n')
+    with pytest.raises(TuneLogsError, match="MetaSchedule cannot read .*delete the directory"):  # laid out right
         TuningDatabase(logs)
     records.write_text(good)
     (logs / BASELINE_FILE).write_text(json.dumps({"1": {"task": "x"}}))
@@ -114,3 +118,29 @@ def test_use_tunable_kernels_swaps_every_sparse_call_when_extracting():
     assert "sat_sparse_attention" not in {gv.name_hint for gv in out.get_global_vars()}
     kept = UseTunableKernels(select=lambda _f: False)
     assert tvm_ffi.structural_equal(kept(mod), mod) and kept.swapped == []
+
+
+# JSON that is not a record: TVM's parser segfaulted on the first one; each must be named instead
+_NOT_RECORDS = ['{"a": "b"}', '"text"', "42", "null", "[]", '[0, {"a": 1}]', '[0, [1, 2, 3]]',
+                '[true, [[[], []], [1.0], {"kind": "llvm"}, []]]', '[0, [{"x": 1}, [1.0], {"kind": "llvm"}, []]]',
+                '[0, [[[], []], ["fast"], {"kind": "llvm"}, []]]', '[0, [[[], []], [1.0], "llvm", []]]',
+                '[0, [[[], []], [1.0], {"kind": "llvm"}, {}]]']
+
+
+@pytest.mark.parametrize("line", _NOT_RECORDS)
+def test_json_that_is_not_a_record_is_named_not_parsed(tmp_path, line):
+    logs = fake_tune_logs(tmp_path / "host", TOKENS, tuned_ms=0.01, shipped_ms=1.0)
+    records = logs / "database_tuning_record.json"
+    records.write_text(records.read_text() + line + "\n")
+    with pytest.raises(TuneLogsError, match=r"database_tuning_record.json:2 is not a MetaSchedule tuning record .*"
+                                            "delete the directory"):
+        pipeline(tune_logs=logs)
+
+
+@pytest.mark.parametrize("line", ['{"a": "b"}', '["123"]', '["abc", "x"]', '[123, "x"]'])
+def test_json_that_is_not_a_workload_is_named_not_parsed(tmp_path, line):
+    logs = fake_tune_logs(tmp_path / "host", TOKENS, tuned_ms=0.01, shipped_ms=1.0)
+    workloads = logs / "database_workload.json"
+    workloads.write_text(line + "\n" + workloads.read_text())
+    with pytest.raises(TuneLogsError, match=r"database_workload.json:1 is not a MetaSchedule workload"):
+        TuningDatabase(logs)

@@ -97,6 +97,18 @@ def test_keep_outside_unit_interval(keep):
         sat.pipeline(keep=keep)
 
 
+@pytest.mark.parametrize("keep", [True, False, "0.2", [0.2]])
+def test_keep_that_is_not_a_number(keep):
+    with pytest.raises(ProfileError, match="is not a number"):
+        sat.pipeline(keep=keep)
+
+
+@pytest.mark.parametrize("k_min", [2.5, 0, -3, True, "16", float("nan")])
+def test_k_min_that_is_not_a_whole_number(k_min):
+    with pytest.raises(ProfileError, match=r"k_min=.* is not a whole number >= 1"):
+        sat.pipeline(keep=0.2, k_min=k_min)
+
+
 def test_keep_conflicting_with_profile():
     profile = SparsityProfile(keep=0.3, layers=(LayerProfile((0.3,) * 4),))
     with pytest.raises(ProfileError, match="conflicts with the profile"):
