@@ -25,7 +25,7 @@ def runtime_tensor(array, device=None):
 
 
 __all__ = [
-    "tvm", "rpc", "Analyzer", "Op", "Constant", "relax", "te", "tirx", "s_tir", "dpl", "PyExprMutator", "mutator", "Schedule",
+    "tvm", "tvm_ffi", "rpc", "Analyzer", "Op", "Constant", "relax", "te", "tirx", "s_tir", "dpl", "PyExprMutator", "mutator", "Schedule",
     "R", "T", "structural_equal", "structural_hash", "runtime_tensor", "meta_schedule", "constant_value",
 ]
 

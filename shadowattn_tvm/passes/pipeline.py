@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .._compat import relax, tvm
+from .._compat import relax, tvm, tvm_ffi
 from ..block import ScaleMode
 from ..calibrate.profile import ProfileError, SparsityProfile, check_k_min, check_keep
 from ..npu.options import NPUOptions
@@ -75,6 +75,12 @@ def lowering(target=None, database: TuningDatabase | str | Path | None = None) -
 
 class UnsupportedAttentionError(RuntimeError):
     """strict=True and some attention block had to stay dense."""
+
+
+# Our passes run behind TVM's FFI, which turns unregistered Python errors into RuntimeError: with
+# these registered, a caller (and the CLI) catches the typed error it was promised.
+for _error in (ProfileError, UnsupportedAttentionError):
+    tvm_ffi.register_error(_error)
 
 
 def pipeline(

@@ -13,7 +13,6 @@ from shadowattn_tvm.testing import (AttentionSpec, attention_module, dense_refer
 
 from ..conftest import run_module
 from .test_detect_attention import FORMS, _ids, _softmax_module
-from .test_split_sparse_attention import PASS_ERROR
 
 
 def _tol(spec):
@@ -117,7 +116,7 @@ def test_keep_conflicting_with_profile():
 
 def test_strict_mode_names_the_dense_block():
     mod = _softmax_module(lambda s, q: tvm.relax.op.nn.relu(s))
-    with pytest.raises(PASS_ERROR, match="unsupported op relax.nn.relu"):
+    with pytest.raises(sat.UnsupportedAttentionError, match="unsupported op relax.nn.relu"):
         tvm.compile(mod, target="llvm", relax_pipeline=sat.pipeline(keep=0.2, strict=True))
     report = sat.AttentionReport()  # the default keeps it dense and says so
     tvm.compile(mod, target="llvm", relax_pipeline=sat.pipeline(keep=0.2, report=report))
@@ -130,3 +129,11 @@ def test_dump_ir_writes_each_phase(tmp_path):
     assert files == ["0_canonicalize.py", "1_detect.py", "2_split.py"]
     assert "sat_attention_L0" in (tmp_path / "1_detect.py").read_text()
     assert "sat_pilot_L0" in (tmp_path / "2_split.py").read_text()
+
+
+def test_profile_for_another_model_raises_profile_error_through_tvm_compile():
+    from shadowattn_tvm.builder.models import get_model
+
+    profile = SparsityProfile(keep=0.2, layers=(LayerProfile((0.2,) * 3),))  # the block has 14 query heads
+    with pytest.raises(ProfileError, match="layer 0 has 14 query heads but the profile gives 3 ratios"):
+        tvm.compile(get_model("default", 32).mod, target="llvm", relax_pipeline=sat.pipeline(keep=None, profile=profile))
