@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from shadowattn_tvm.cli.main import build_parser, main
@@ -37,3 +39,49 @@ def test_default_demo_runs_smollm2(capsys):
 def test_demo_rejects_bad_arguments(argv, message):
     with pytest.raises((SystemExit, ValueError), match=message):
         main(argv)
+
+
+def _bad_inputs(tmp):
+    empty, junk = tmp / "empty.gguf", tmp / "junk.gguf"
+    empty.write_bytes(b"")
+    junk.write_bytes(b"not a gguf file at all" * 10)
+    out = ["-o", str(tmp / "p.json")]
+    return [  # (argv, the one line it must print); every case fails before any model is loaded
+        (["eval", "smollm2", "--ctx", "0"], r"shadowattn eval: error: --ctx must be >= 1 \(got 0\)"),
+        (["eval", "smollm2", "--ctx", "512", "-4"], r"--ctx must be >= 1 \(got -4\)"),
+        (["eval", "smollm2", "--windows", "0"], "--windows must be >= 1"),
+        (["eval", "smollm2", "--keep", "0"], r"keep=0.0 is outside \(0, 1\]"),
+        (["eval", "smollm2", "--json", str(tmp / "no" / "acc.json")], "directory .* does not exist"),
+        (["eval", "smollm2", "--json", str(tmp)], "is a directory: pass a file path"),
+        (["eval", str(tmp / "missing.gguf"), "--profile", "p.json"], "missing.gguf does not exist"),
+        (["eval", str(empty), "--profile", "p.json"], "empty.gguf is empty"),
+        (["eval", str(junk), "--profile", str(tmp / "p.json")], r"shadowattn eval: error: .*\(--debug shows the traceback\)"),
+        (["calibrate", "smollm2", "--ctx", "0", *out], "shadowattn calibrate: error: --ctx must be >= 1"),
+        (["calibrate", "smollm2", "--windows", "0", *out], "--windows must be >= 1"),
+        (["calibrate", "smollm2", "--keep", "1.5", *out], r"outside \(0, 1\]"),
+        (["calibrate", "smollm2", "-o", str(tmp / "no" / "p.json")], "directory .* does not exist"),
+        (["calibrate", str(tmp / "missing.gguf"), *out], "missing.gguf does not exist"),
+        (["calibrate", str(empty), *out], "empty.gguf is empty"),
+        (["calibrate", "model.bin", *out], "shadowattn calibrate: error: unknown model 'model.bin'"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(16))
+def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path, capsys, case):
+    cases = _bad_inputs(tmp_path)
+    assert len(cases) == 16
+    argv, message = cases[case]
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    text = str(info.value.code)
+    assert isinstance(info.value.code, str) and "\n" not in text and "Traceback" not in text
+    assert re.search(message, text), text
+    assert text.startswith(f"shadowattn {argv[0]}: error: ")
+
+
+def test_debug_shows_the_real_exception(tmp_path):
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"x" * 100)
+    with pytest.raises(Exception) as info:
+        main(["--debug", "eval", str(junk), "--profile", str(tmp_path / "p.json")])
+    assert not isinstance(info.value, SystemExit)

@@ -21,7 +21,13 @@ def run(args) -> int:
     from ..evaluation.corpus import load_text
     from ..frontend.model import LlamaRunner, resolve_model
 
+    from ._checks import positive, readable_model, writable_file
+
     check_keep(args.keep)
+    positive("--ctx", args.ctx)
+    positive("--windows", args.windows)
+    writable_file("-o", args.output)
+    readable_model(args.model)
     runner = LlamaRunner(resolve_model(args.model))
     profile = calibrate(runner, load_text(args.text), keep=args.keep, ctx=args.ctx, num_windows=args.windows)
     profile.save(args.output)

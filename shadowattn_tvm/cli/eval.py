@@ -21,11 +21,17 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     import json
 
-    from ..calibrate.profile import SHIPPED_PROFILE, SparsityProfile
+    from ..calibrate.profile import SHIPPED_PROFILE, SparsityProfile, check_keep
     from ..evaluation.accuracy import accuracy_table, format_table
     from ..evaluation.corpus import load_text
     from ..frontend.model import LlamaRunner, resolve_model
+    from ._checks import positive, readable_model, writable_file
 
+    check_keep(args.keep)
+    positive("--ctx", *args.ctx)
+    positive("--windows", args.windows)
+    writable_file("--json", args.json)
+    readable_model(args.model)
     if args.profile is None and args.model not in ("smollm2", "default"):
         raise SystemExit("--profile is required for models other than smollm2: run `shadowattn calibrate` first")
     path = Path(args.profile) if args.profile else SHIPPED_PROFILE

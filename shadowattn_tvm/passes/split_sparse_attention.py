@@ -19,7 +19,7 @@ import numpy as np
 
 from .._compat import PyExprMutator, mutator, relax, tvm
 from ..block import AttentionBlock, ScaleMode, max_keep_count
-from ..calibrate.profile import ProfileError, SparsityProfile
+from ..calibrate.profile import ProfileError, SparsityProfile, check_k_min
 from ..ops import pilot as pilot_ops
 from ..ops import quantize as quant_ops
 from ..ops import sparse_attention as sparse_ops
@@ -37,9 +37,7 @@ class SplitSparseAttention:
     def __init__(self, profile: SparsityProfile, k_min: int = 16, scale_mode: ScaleMode | None = None):
         if not isinstance(profile, SparsityProfile):
             raise TypeError(f"profile must be a SparsityProfile, got {type(profile).__name__}")
-        if int(k_min) < 1:
-            raise ValueError(f"k_min={k_min} must be >= 1: every visible row keeps at least one key")
-        self.profile, self.k_min = profile, int(k_min)
+        self.profile, self.k_min = profile, check_k_min(k_min)
         self.scale_mode = None if scale_mode is None else ScaleMode(scale_mode)
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
