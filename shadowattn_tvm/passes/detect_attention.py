@@ -176,6 +176,9 @@ class _Analyzer:
         dtype = dtypes.pop()
         if out_dtype != dtype:
             raise P.Unsupported(f"attention output dtype {out_dtype} differs from its inputs' {dtype}")
+        if not (math.isfinite(scale) and scale > 0):
+            # the pilot ranks keys by +Q·Kᵀ: with scale <= 0 the largest weights sit at the smallest scores
+            raise P.Unsupported(f"softmax scale {scale:g} is not positive (top-k of Q·Kᵀ would keep the wrong keys)")
         mask = None
         if chain.mask is not None:
             causal, mask = self._mask(chain, q_shape, k_shape, dtype, causal)

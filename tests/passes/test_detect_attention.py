@@ -137,6 +137,21 @@ def test_unsupported_blocks_stay_dense_with_a_reason(make, axis, dtype, reason):
     assert reason in report.table()
 
 
+@pytest.mark.parametrize("scale,reason", [(-0.5, "softmax scale -0.5 is not positive"), (-2.0, "is not positive"),
+                                          (0.0, "zero value")])
+def test_non_positive_scale_stays_dense_and_equals_dense(scale, reason):
+    from ..conftest import run_module
+    import shadowattn_tvm as sat
+
+    mod = _softmax_module(lambda s, q: relax.op.multiply(s, relax.const(scale, "float32")))
+    report = AttentionReport()
+    after = DetectAttention(report)(mod)
+    (cand,) = report.candidates
+    assert tvm_ffi.structural_equal(after, mod) and cand.status == "dense" and reason in cand.reason
+    data = list(np.random.default_rng(1).standard_normal((3, 1, 2, 8, 4)).astype("float32"))
+    np.testing.assert_array_equal(run_module(mod, data, sat.pipeline(keep=0.1, k_min=1)), run_module(mod, data))
+
+
 def test_sliding_window_attention_is_reported():
     q = relax.Var("q", relax.TensorType((1, 8, 2, 4), "float32"))
     bb = relax.BlockBuilder()
