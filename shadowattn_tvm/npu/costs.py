@@ -175,7 +175,7 @@ class _HostKernels:
         kb = tvm.runtime.empty((u.kv_len, d), dtype, dev)
         scores = tvm.runtime.empty((1, u.fused, u.q_rows, u.kv_len), "int32", dev)
         scores3 = scores._create_view((u.fused, u.q_rows, u.kv_len))
-        ratio = tensor(np.full(u.fused, 0.2))
+        ratio = tensor(np.full(u.fused, u.top_k / u.kv_len))  # the unit's budget: k = top_k (k_min 1)
         idx = tvm.runtime.empty((1, u.fused, u.q_rows, u.top_k), "int32", dev)
         qu = tensor(rng.standard_normal((1, u.fused, u.q_rows, d)).astype(dtype))
         kv = tensor(rng.standard_normal((1, 1, u.kv_len, d)).astype(dtype))

@@ -62,7 +62,7 @@ def topk_indices(scores, ratios, block, k_min, top_k, mask=None, q_scale=None, k
         for hh in range(h):
             for i in range(sq):
                 cand = np.nonzero(vis[bb, hh, i])[0]
-                k = keep_count(float(ratios[hh]), skv, k_min, len(cand))
+                k = min(keep_count(float(ratios[hh]), skv, k_min, len(cand)), top_k)
                 order = cand[np.lexsort((cand, -rank[bb, hh, i, cand]))][:k]
                 out[bb, hh, i, :k] = np.sort(order)
     return out

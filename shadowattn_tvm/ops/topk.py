@@ -1,7 +1,8 @@
 """Top-k keys per (head, query row) of the pilot scores, as hand-written (already scheduled) TIR.
 
-A row keeps k = min(V, max(k_min, ceil(ratio[h] * Skv))) of its V visible keys (`block.keep_count`;
-Skv is the scores' KV length): causally masked keys (by the block's `CausalMode`) and keys whose
+A row keeps k = min(V, K, max(k_min, ceil(ratio[h] * Skv))) of its V visible keys
+(`block.keep_count`; Skv is the scores' KV length; K is the width of `idx`, so a ratio larger
+than the one `idx` was sized for never writes past it): causally masked keys (by the block's `CausalMode`) and keys whose
 additive mask is <= MASKED_BELOW are skipped.
 Without a mask the ranking is the int32 score itself; with one it is
 float(score) * q_scale[h] * k_scale[kv(h)] * scale + mask, i.e. the float logit the dense
@@ -106,7 +107,7 @@ def topk_indices(block, k_min: int, mask_shape=None):
                     st[0] = T.Cast("int64", cnt[0])
                 else:
                     st[0] = lim
-                kk = T.Bind(T.min(st[0], T.max(T.int64(kmin), T.Cast("int64", T.ceil(RATIO[h] * T.Cast("float64", SKV) - eps)))))
+                kk = T.Bind(T.min(T.min(st[0], KMAX), T.max(T.int64(kmin), T.Cast("int64", T.ceil(RATIO[h] * T.Cast("float64", SKV) - eps)))))
                 # threshold t = st[1]; keys > t all kept, st[7] keys == t taken in index order
                 st[1] = T.int64(-2147483648)
                 st[3] = st[0]

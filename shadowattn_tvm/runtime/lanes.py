@@ -62,11 +62,14 @@ class LaneOptions:
     npu_core: int | None = None  # None: the second allowed core (the first if there is one)
     threads_per_lane: int = 1
     pin: bool = True
+    timeout_s: float = 300.0  # a launch not done by then is an error, never a hang
 
     def __post_init__(self):
         object.__setattr__(self, "mode", LaneMode(self.mode))
         if self.threads_per_lane < 1:
             raise ValueError(f"threads_per_lane must be >= 1, got {self.threads_per_lane}")
+        if not self.timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0 seconds, got {self.timeout_s}")
 
 
 def _config_pool(threads: int) -> None:
@@ -146,10 +149,10 @@ class NPULane:
         _ACTIVE.remove(self)
         if self._worker is not None:
             self._queue.put(None)
-            self._worker.join()
+            self._worker.join(self.options.timeout_s)  # a stuck worker is a daemon: it cannot hold the exit
             self._worker = self._queue = None
         for job in self._jobs.values():
-            job.done.wait()
+            job.done.wait(self.options.timeout_s)
         self._jobs.clear()
         threads, affinity = self._saved
         _config_pool(threads)
@@ -183,7 +186,9 @@ class NPULane:
     def wait(self, handle, *_keep_alive) -> tuple:
         start = time.perf_counter_ns()
         job = self._jobs.pop(int(handle))
-        job.done.wait()
+        if not job.done.wait(self.options.timeout_s):
+            raise TimeoutError(f"NPU lane: launch {job.key} did not finish within {self.options.timeout_s:g} s "
+                               "(LaneOptions.timeout_s); the lane's worker is stuck or was starved")
         if self.tracer is not None:
             self.tracer.complete(Track.CPU, f"wait {job.key}", start, time.perf_counter_ns(), cat="wait", unit=job.key)
             self.tracer.unit = job.key

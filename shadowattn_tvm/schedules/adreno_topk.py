@@ -161,7 +161,7 @@ def topk_indices(block, k_min: int, mask_shape=None, threads: int = THREADS):
                 for q in range(3):
                     sv[q] = st[q]
                 if tx == 0:
-                    sv[3] = T.min(sv[0], T.max(T.int64(kmin), _ceil_ratio(RBITS[h], SKV)))
+                    sv[3] = T.min(T.min(sv[0], KMAX), T.max(T.int64(kmin), _ceil_ratio(RBITS[h], SKV)))
                     st[3] = sv[3]
                     bnd[0] = sv[1]
                     bnd[1] = T.Select(sv[3] >= sv[0], sv[1], sv[2])  # all kept: t = the smallest key

@@ -122,6 +122,20 @@ def test_topk_matches_reference(rng, causal, ties, k_min):
     np.testing.assert_array_equal(idx.numpy(), expected)
 
 
+def test_topk_never_writes_past_a_narrow_index_tensor(rng):
+    """A ratio asking for more keys than idx holds keeps the best K (the two-lane cost profiler
+    once passed 0.2 for a 16-wide unit: heap corruption at 64 tokens)."""
+    block = _block(causal=CausalMode.NONE)
+    sq, skv, width = 8, 64, 5
+    scores = _scores(rng, block, sq, skv)
+    ratios = np.full(6, 0.5)  # 32 keys per row
+    whole = tvm.runtime.tensor(np.full(6 * sq * width + 64, 7, "int32"))
+    idx = whole._create_view((1, 6, sq, width))  # a guard of 64 sentinels follows the last row
+    build_prim(topk.topk_indices(block, 1))(_t(scores), _t(ratios), idx)
+    np.testing.assert_array_equal(idx.numpy(), reference.topk_indices(scores, ratios, block, 1, width))
+    np.testing.assert_array_equal(whole.numpy()[6 * sq * width:], 7)
+
+
 @pytest.mark.parametrize("mask_shape", [(1, 1), (2, 1), (2, 6)])
 def test_topk_with_additive_mask(rng, mask_shape):
     block = _block(causal=CausalMode.NONE, mask=True)

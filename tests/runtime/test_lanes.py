@@ -85,6 +85,17 @@ def test_a_failing_launch_raises_at_its_wait_and_the_lane_goes_on():
         assert (scores.numpy() == 1).all()
 
 
+def test_a_launch_that_never_finishes_is_a_timeout_error_not_a_hang():
+    release = threading.Event()
+    kernels = _Kernels()
+    kernels.stage = lambda *_args: release.wait(30)  # a stuck NPU graph
+    with NPULane(LaneOptions(mode=LaneMode.PIPELINED, timeout_s=0.2)) as lane:
+        handle = lane.launch(*_args(kernels))
+        with pytest.raises(TimeoutError, match=r"launch L2\.b0\.g1\.c1 did not finish within 0\.2 s"):
+            lane.wait(handle)
+        release.set()
+
+
 def test_unit_buffers_are_reused_like_static_graph_buffers():
     with NPULane(LaneOptions(mode=LaneMode.SERIAL, pin=False)) as lane:
         first = lane.wait(lane.launch(*_args(_Kernels())))[0]
@@ -107,3 +118,5 @@ def test_lane_options_are_checked():
         LaneOptions(threads_per_lane=0)
     with pytest.raises(ValueError):
         LaneOptions(mode="sideways")
+    with pytest.raises(ValueError, match="timeout_s"):
+        LaneOptions(timeout_s=0)
