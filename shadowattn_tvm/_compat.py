@@ -7,9 +7,10 @@ import tvm_ffi
 from tvm import relax, rpc, te, tirx
 from tvm.sym import Analyzer
 from tvm import s_tir
-from tvm.ir import Op
+from tvm.ir import Op, Type
 from tvm.ir.expr import Constant
 from tvm.relax import dpl
+from tvm.relax.expr import _update_type as set_type  # an unbound expression's inferred type
 from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm.s_tir import Schedule
 from tvm.script import relax as R
@@ -25,8 +26,9 @@ def runtime_tensor(array, device=None):
 
 
 __all__ = [
-    "tvm", "tvm_ffi", "rpc", "Analyzer", "Op", "Constant", "relax", "te", "tirx", "s_tir", "dpl", "PyExprMutator", "mutator", "Schedule",
+    "tvm", "tvm_ffi", "rpc", "Analyzer", "Op", "Type", "Constant", "relax", "te", "tirx", "s_tir", "dpl", "PyExprMutator", "mutator", "Schedule",
     "R", "T", "structural_equal", "structural_hash", "runtime_tensor", "meta_schedule", "constant_value",
+    "set_type",
 ]
 
 

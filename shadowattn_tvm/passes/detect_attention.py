@@ -20,7 +20,7 @@ from .._compat import PyExprMutator, constant_value, mutator, relax, te, tirx, t
 from ..block import AttentionBlock, CausalMode, KVMap
 from . import patterns as P
 from .mask_eval import evaluate_closed_mask
-from .report import AttentionReport, Candidate
+from .report import AttentionReport, Candidate, internal_error
 
 COMPOSITE_KIND = "attention"
 
@@ -32,7 +32,8 @@ class _Plan:
     k: object
     v: object
     mask: object  # canonical 4-D additive mask expression, or None
-    bsnh: bool  # R.nn.attention: output goes back to [B, S, H, D]
+    out_layout: str  # how the composite's [B,H,S,Dv] output goes back: "bhsd", "bsnh" (R.nn.attention)
+    # or "nsd" (3-D batched [B·H, S, D] attention, run as batch 1 with B·H heads)
     out_dtype: str
 
 
@@ -111,9 +112,14 @@ class _Analyzer:
             else:
                 continue
             try:
-                yield var, analyse(value), form, value
+                plan = analyse(value)
+                _verify(plan, var)
             except P.Unsupported as err:
                 yield var, str(err), form, value
+            except Exception as err:  # noqa: BLE001 - one candidate's failure must not fail the module
+                yield var, internal_error("analysing", err), form, value
+            else:
+                yield var, plan, form, value
 
     # ------------------------------------------------------------ explicit softmax form
     def _softmax_block(self, root) -> _Plan:
@@ -124,10 +130,18 @@ class _Analyzer:
         chain = P.peel_scores(softmax.args[0], v2v)
         q, q_scale = P.peel_scalar_scale(chain.q, v2v)
         kt, kt_scale = P.peel_scalar_scale(chain.kt, v2v)  # a scale on Kᵀ must not hide the GQA repeat
+        v, layout = root.args[1], "bhsd"
+        ranks = tuple(len(P.shape_of(x) or ()) for x in (q, kt, v))
+        if ranks == (3, 3, 3):  # [B·H, S, D] batched matmuls: batch 1 with B·H heads
+            q, kt, v = (P.typed(relax.op.expand_dims(x, [0])) for x in (q, kt, v))
+            layout = "nsd"
+        elif ranks != (4, 4, 4):
+            raise P.Unsupported(f"Q, Kᵀ and V of ranks {ranks} (4-D [B,H,S,D] or 3-D [B·H,S,D] attention "
+                                "is rewritten; matmul-broadcast ranks stay dense)")
         k, k_scale = P.peel_scalar_scale(P.untranspose_key(kt, v2v), v2v)
         k_scale *= kt_scale
-        return self._plan(q, k, root.args[1], chain.scale * q_scale * k_scale, chain, causal=CausalMode.NONE,
-                          bsnh=False, out_dtype=P.dtype_of(root))
+        return self._plan(q, k, v, chain.scale * q_scale * k_scale, chain, causal=CausalMode.NONE,
+                          out_layout=layout, out_dtype=P.dtype_of(root))
 
     # ------------------------------------------------------------ R.nn.attention
     def _fused_block(self, root) -> _Plan:
@@ -147,10 +161,10 @@ class _Analyzer:
         if len(root.args) == 4:
             chain.mask = root.args[3]
             chain.mask_const = constant_value(P.value_of(chain.mask, self.var2val))
-        return self._plan(q, k, v, scale, chain, causal=mode, bsnh=True, out_dtype=P.dtype_of(root))
+        return self._plan(q, k, v, scale, chain, causal=mode, out_layout="bsnh", out_dtype=P.dtype_of(root))
 
     # ------------------------------------------------------------ shared checks
-    def _plan(self, q, k, v, scale, chain, causal, bsnh, out_dtype) -> _Plan:
+    def _plan(self, q, k, v, scale, chain, causal, out_layout, out_dtype) -> _Plan:
         v2v = self.var2val
         q_shape = _shape(q, "Q")
         heads = P.static_int(q_shape[1])
@@ -161,8 +175,12 @@ class _Analyzer:
         if (kv_heads, kv_map) != (v_heads, v_map) or kv_heads is None:
             k_src, v_src, kv_heads, kv_map = k, v, heads, KVMap.INTERLEAVE
         k_shape, v_shape = _shape(k_src, "K"), _shape(v_src, "V")
+        if kv_heads == heads and P.static_int(k_shape[1]) == P.static_int(v_shape[1]) == 1:
+            kv_heads = 1  # one K/V head broadcast over the query heads by the matmuls (MQA)
         if P.static_int(k_shape[1]) != kv_heads or heads % kv_heads:
-            raise P.Unsupported(f"{heads} query heads cannot share {k_shape[1]} KV heads")
+            raise P.Unsupported(f"{heads} query heads cannot share {_dim(k_shape[1])} KV heads")
+        if P.static_int(v_shape[1]) != kv_heads:
+            raise P.Unsupported(f"V has {_dim(v_shape[1])} heads where K has {kv_heads} (a broadcast of V alone)")
         if not (P.same_dim(q_shape[0], k_shape[0]) and P.same_dim(k_shape[0], v_shape[0])):
             raise P.Unsupported("Q, K and V batch sizes differ (broadcast batch)")
         if not (P.same_dim(k_shape[2], v_shape[2]) and P.same_dim(q_shape[3], k_shape[3])):
@@ -185,7 +203,7 @@ class _Analyzer:
         block = AttentionBlock(layer=-1, num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim,
                                causal=causal, scale=float(scale), dtype=dtype, kv_map=kv_map,
                                has_mask=mask is not None)
-        return _Plan(block=block, q=q, k=k_src, v=v_src, mask=mask, bsnh=bsnh, out_dtype=out_dtype)
+        return _Plan(block=block, q=q, k=k_src, v=v_src, mask=mask, out_layout=out_layout, out_dtype=out_dtype)
 
     def _mask(self, chain, q_shape, k_shape, dtype, causal):
         """Return (causal mode, canonical mask expression or None)."""
@@ -224,6 +242,38 @@ class _Analyzer:
         return causal, mask
 
 
+def _verify(plan: _Plan, var) -> None:
+    """Type the composite call a plan would emit and check it yields the binding's type, before
+    anything is rewritten: a plan that would not type-check stays dense instead of failing the build."""
+    args = [relax.Var(f"arg{i}", P.typed(x).ty) for i, x in enumerate(_plan_args(plan))]
+    bb = relax.BlockBuilder()
+    composite = make_composite(plan.block, [a.ty for a in args], bb.add_func)
+    out = bb.normalize(relax.Call(bb.add_func(composite, "check"), args))
+    out = _restore_layout(plan, relax.Var("out", out.ty), bb.normalize)
+    want, got = P.shape_of(var), P.shape_of(out)
+    if want is None or got is None or len(want) != len(got) or not all(map(P.same_dim, want, got)) \
+            or P.dtype_of(var) != P.dtype_of(out):
+        raise P.Unsupported(f"the rewrite would yield {out.ty} where the block yields {var.ty}")
+
+
+def _plan_args(plan: _Plan) -> tuple:
+    return (plan.q, plan.k, plan.v) + ((plan.mask,) if plan.mask is not None else ())
+
+
+def _restore_layout(plan: _Plan, out, emit):
+    """The composite's [B,H,S,Dv] output in the layout of the block it replaces."""
+    if plan.out_layout == "bsnh":
+        return emit(relax.op.permute_dims(out, [0, 2, 1, 3]))
+    if plan.out_layout == "nsd":
+        return emit(relax.op.squeeze(out, [0]))
+    return out
+
+
+def _dim(dim) -> str:
+    value = P.static_int(dim)
+    return str(value if value is not None else dim)
+
+
 def _shape(expr, what, ranks=(4,)):
     shape = P.shape_of(expr)
     if shape is None or len(shape) not in ranks:
@@ -249,12 +299,12 @@ class _Rewriter(PyExprMutator):
         if plan is None:
             return super().visit_var_binding_(binding)
         args = [self.builder_.emit(self.visit_expr(x)) if not isinstance(x, relax.Var) else self.visit_expr(x)
-                for x in (plan.q, plan.k, plan.v) + ((plan.mask,) if plan.mask is not None else ())]
+                for x in _plan_args(plan)]
         composite = make_composite(plan.block, [a.ty for a in args], self.builder_.add_func)
         gv = self.builder_.add_func(composite, f"sat_attention_L{plan.block.layer}")
         out = relax.Call(gv, args)
-        if plan.bsnh:
-            out = relax.op.permute_dims(self.builder_.emit(out), [0, 2, 1, 3])
+        if plan.out_layout != "bhsd":
+            out = _restore_layout(plan, self.builder_.emit(out), lambda x: x)
         self.set_var_remap(binding.var, self.builder_.emit(out, name_hint=binding.var.name))
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._compat import Op, constant_value, dpl, relax, structural_equal, tirx
+from .._compat import Op, Type, constant_value, dpl, relax, set_type, structural_equal, tirx
 
 
 class Unsupported(Exception):
@@ -53,7 +53,18 @@ def value_of(expr, var2val):
 
 
 def typed(expr):
-    """A new (unbound) call with its type inferred, so its shape can be checked before emitting."""
+    """A new (unbound) call with its type inferred, so its shape can be checked before emitting.
+
+    A call on other unbound calls (each typed already) is typed through stand-in vars of their
+    types: a BlockBuilder cannot normalise nested calls outside a binding scope.
+    """
+    if type(expr.ty) is not Type:  # a var, a constant, or a call typed before (ir.Type: missing)
+        return expr
+    if isinstance(expr, relax.Call) and any(isinstance(a, relax.Call) for a in expr.args):
+        args = [relax.Var("arg", a.ty) if isinstance(a, relax.Call) else a for a in expr.args]
+        ty = relax.BlockBuilder().normalize(relax.Call(expr.op, args, expr.attrs, expr.ty_args)).ty
+        set_type(expr, ty)
+        return expr
     return relax.BlockBuilder().normalize(expr)
 
 

@@ -126,7 +126,7 @@ def pipeline(
     phases = [
         ("0_canonicalize", tvm.transform.Sequential([relax.transform.Normalize(), relax.transform.FoldConstant()])),
         ("1_detect", DetectAttention(report)),
-        ("2_split", SplitSparseAttention(profile, k_min=k_min, scale_mode=scale_mode)),
+        ("2_split", SplitSparseAttention(profile, k_min=k_min, scale_mode=scale_mode, report=report)),
     ]
     if npu is not None:
         bucket, schedule = BucketPilot(npu, profile, k_min=k_min), PipelineHeads(npu.costs)

@@ -6,6 +6,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 
+def internal_error(stage: str, err: Exception) -> str:
+    """The report's reason for a block a pass left dense because of an internal error."""
+    first = (str(err).strip().splitlines() or [""])[0][:200]
+    return f"internal error while {stage} the block, left dense: {type(err).__name__}: {first}"
+
+
 @dataclass
 class Candidate:
     function: str
@@ -31,6 +37,12 @@ class AttentionReport:
 
     def add(self, candidate: Candidate) -> None:
         self.candidates.append(candidate)
+
+    def mark_dense(self, layer: int, reason: str) -> None:
+        """A later pass left the rewritten block `layer` dense."""
+        for c in self.candidates:
+            if c.status == "rewritten" and c.layer == layer:
+                c.status, c.reason = "dense", reason
 
     def clear(self) -> None:
         self.candidates.clear()

@@ -26,6 +26,7 @@ from ..ops import sparse_attention as sparse_ops
 from ..ops import topk as topk_ops
 from .. import schedules
 from .detect_attention import COMPOSITE_KIND
+from .report import AttentionReport, internal_error
 
 PILOT_KIND = "pilot"
 
@@ -34,10 +35,12 @@ PILOT_KIND = "pilot"
 class SplitSparseAttention:
     """Replace attention composites by the pilot / top-k / sparse triple."""
 
-    def __init__(self, profile: SparsityProfile, k_min: int = 16, scale_mode: ScaleMode | None = None):
+    def __init__(self, profile: SparsityProfile, k_min: int = 16, scale_mode: ScaleMode | None = None,
+                 report: AttentionReport | None = None):
         if not isinstance(profile, SparsityProfile):
             raise TypeError(f"profile must be a SparsityProfile, got {type(profile).__name__}")
         self.profile, self.k_min = profile, check_k_min(k_min)
+        self.report = report  # a block this pass cannot split stays dense and is marked here
         self.scale_mode = None if scale_mode is None else ScaleMode(scale_mode)
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
@@ -82,7 +85,15 @@ class _Splitter(PyExprMutator):
         if not (isinstance(call.op, relax.GlobalVar) and call.op in self.composites):
             return call
         block = AttentionBlock.from_attrs(self.mod[call.op].attrs)
-        ratios, q_scales, k_scales, mode = self.owner.layer_settings(block)
+        ratios, q_scales, k_scales, mode = self.owner.layer_settings(block)  # a ProfileError is the user's
+        try:
+            return self._split(call, block, ratios, q_scales, k_scales, mode)
+        except Exception as err:  # noqa: BLE001 - an internal error leaves this block dense, not the build broken
+            if self.owner.report is not None:
+                self.owner.report.mark_dense(block.layer, internal_error("splitting", err))
+            return call
+
+    def _split(self, call, block, ratios, q_scales, k_scales, mode):
         q, k, v = call.args[:3]
         mask = call.args[3] if block.has_mask else None
         pilot_gv = self.builder_.add_func(self._pilot(block, q.ty, k.ty, mode, q_scales, k_scales),
