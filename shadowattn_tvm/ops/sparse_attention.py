@@ -9,13 +9,15 @@ With static D (a multiple of 16) and Dv (a multiple of 8) the kernel is hand-wri
 scheduled TIR (attr ``tirx.is_scheduled``): one parallel task per block of query rows; a row
 walks its slots in chunks of 16 with an online softmax (running max and sum, float32, exp as a
 vectorised polynomial), the q·k dots use 8-lane FMAs over d (two partial-sum chains) and p·V
-is vectorised over Dv. Trailing -1 slots are skipped; -1 slots anywhere else are ignored.
+is vectorised over Dv. Trailing -1 slots are skipped; -1 slots anywhere else are ignored. A row whose slots are all
+-1 sees no key (every key masked): it gets what the dense block gives it, the softmax over all
+its causally allowed keys of scale·q·k + mask (NaN when every logit is -inf, as dense softmax).
 Other shapes fall back to a TE definition that `schedules.cpu` schedules.
 """
 from __future__ import annotations
 
 from .._compat import T, te, tirx
-from ..block import KVMap
+from ..block import CausalMode, KVMap
 from ._shapes import fresh_shape, kv_head
 
 _CHUNK = 16  # slots per online-softmax step
@@ -41,11 +43,20 @@ def _exp(x):
     return poly * two_n
 
 
+def _static(dim):
+    return dim if isinstance(dim, int) else getattr(dim, "value", None)
+
+
+def has_fast_kernel(head_dim, v_dim) -> bool:
+    """The hand-written kernel applies (static D a multiple of 16, Dv of 8). Only it gives rows
+    without a visible key the dense block's value; the TE form writes 0 there."""
+    d, dv = _static(head_dim), _static(v_dim)
+    return d is not None and dv is not None and d % (2 * _LANES) == 0 and dv % _LANES == 0
+
+
 def sparse_attention(block, q_shape, kv_len, v_dim, top_k, mask_shape=None):
-    d_static = q_shape[3] if isinstance(q_shape[3], int) else getattr(q_shape[3], "value", None)
-    dv_static = v_dim if isinstance(v_dim, int) else getattr(v_dim, "value", None)
-    if d_static is not None and dv_static is not None and d_static % (2 * _LANES) == 0 and dv_static % _LANES == 0:
-        return _sparse_attention_fast(block, int(d_static), int(dv_static), mask_shape)
+    if has_fast_kernel(q_shape[3], v_dim):
+        return _sparse_attention_fast(block, int(_static(q_shape[3])), int(_static(v_dim)), mask_shape)
     return _sparse_attention_te(block, q_shape, kv_len, v_dim, top_k, mask_shape)
 
 
@@ -56,6 +67,8 @@ def _sparse_attention_fast(block, D: int, DV: int, mask_shape):
     dtype = block.dtype
     group, kv_heads = block.group, block.num_kv_heads
     tiled = int(block.kv_map == KVMap.TILE)
+    bottom_right = int(block.causal == CausalMode.BOTTOM_RIGHT)
+    no_causal = int(block.causal == CausalMode.NONE)
     scale = float(block.scale)
     CH, LN = _CHUNK, _LANES
     neg_inf = tirx.const(float("-inf"), "float32")
@@ -71,9 +84,23 @@ def _sparse_attention_fast(block, D: int, DV: int, mask_shape):
             return tirx.const(0.0, "float32")
         return MASK[zero64 if mask_b1 else b, zero64 if mask_h1 else h, i, key].astype("float32")
 
+    def logit(dot, MASK, b, h, i, key, dense_row):
+        """dot * scale + mask; in a row without a visible key (the dense fallback) an fp16 block
+        adds the mask in fp16, as the fp16 graph it replaces does (finite fills absorb the scores)."""
+        value = dot * T.float32(scale) + mask_add(MASK, b, h, i, key)
+        if not has_mask or dtype != "float16":
+            return value
+        rounded = (T.Cast(dtype, dot * T.float32(scale)) + MASK[zero64 if mask_b1 else b, zero64 if mask_h1 else h,
+                                                                 i, key]).astype("float32")
+        return T.Select(dense_row > zero64, rounded, value)
+
+    def slot_key(IDX, b, h, i, t, dense_row):
+        """The key of slot t: the top-k index, or t itself in a dense-fallback row."""
+        return T.Select(dense_row > zero64, t, T.Cast("int64", IDX[b, h, i, t]))
+
     @T.macro
     def body(Q, K, V, IDX, MASK, OUT):
-        B, H, SQ, KMAX = Q.shape[0], Q.shape[1], Q.shape[2], IDX.shape[3]
+        B, H, SQ, SKV, KMAX = Q.shape[0], Q.shape[1], Q.shape[2], K.shape[2], IDX.shape[3]
         for blk in T.parallel((B * H * SQ + _ROWS - 1) // _ROWS):
             # "global" scope: small per-task stack buffers (TVM 0.27 turns "local" ones into
             # workspace calls that LLVM cannot keep in registers)
@@ -85,7 +112,8 @@ def _sparse_attention_fast(block, D: int, DV: int, mask_shape):
             mi = T.alloc_buffer((1,), "int32", scope="global")
             # ms: 0 running max, 1 running sum, 2 chunk max, 3 rescale
             ms = T.alloc_buffer((4,), "float32", scope="global")
-            nch = T.alloc_buffer((2,), "int64", scope="global")  # chunks to walk, used slots
+            # chunks to walk, used slots, 1 when the row sees no key (dense fallback: every key)
+            nch = T.alloc_buffer((3,), "int64", scope="global")
             for r in range(T.min(T.int64(_ROWS), B * H * SQ - blk * _ROWS)):
                 row = T.Bind(blk * _ROWS + r)
                 b = T.Bind(row // (H * SQ))
@@ -109,6 +137,12 @@ def _sparse_attention_fast(block, D: int, DV: int, mask_shape):
                         nch[1] = nch[1] - CH
                 while nch[1] > zero64 and IDX[b, h, i, nch[1] - 1] < 0:
                     nch[1] = nch[1] - 1
+                nch[2] = zero64
+                if nch[1] == zero64:
+                    # top-k found no visible key (every key masked or causally hidden): the row is what the dense block
+                    # gives it, softmax over all causally allowed keys (all -inf: NaN, as dense)
+                    nch[2] = T.int64(1)
+                    nch[1] = T.max(T.min(SKV, i + 1 + bottom_right * (SKV - SQ) + no_causal * SKV), zero64)
                 nch[0] = (nch[1] + CH - 1) // CH
                 for c in range(nch[0]):
                     ms[2] = neg_inf
@@ -116,15 +150,15 @@ def _sparse_attention_fast(block, D: int, DV: int, mask_shape):
                         tt = T.Bind(c * CH + t)
                         lg[t] = neg_inf
                         if tt < nch[1]:
-                            if IDX[b, h, i, tt] >= 0:
-                                key = T.Bind(T.Cast("int64", IDX[b, h, i, tt]))
+                            if nch[2] > zero64 or IDX[b, h, i, tt] >= 0:
+                                key = T.Bind(slot_key(IDX, b, h, i, tt, nch[2]))
                                 # two partial-sum chains (even/odd 8-lane blocks of d) halve the FMA latency
                                 for e in T.vectorized(2 * LN):
                                     part[e] = qf[e] * T.Cast("float32", K[b, hk, key, e])
                                 for dd in T.unroll(D // (2 * LN) - 1):
                                     for e in T.vectorized(2 * LN):
                                         part[e] = part[e] + qf[(dd + 1) * 2 * LN + e] * T.Cast("float32", K[b, hk, key, (dd + 1) * 2 * LN + e])
-                                lg[t] = ((((part[0] + part[8]) + (part[4] + part[12])) + ((part[2] + part[10]) + (part[6] + part[14]))) + (((part[1] + part[9]) + (part[5] + part[13])) + ((part[3] + part[11]) + (part[7] + part[15])))) * T.float32(scale) + mask_add(MASK, b, h, i, key)
+                                lg[t] = logit((((part[0] + part[8]) + (part[4] + part[12])) + ((part[2] + part[10]) + (part[6] + part[14]))) + (((part[1] + part[9]) + (part[5] + part[13])) + ((part[3] + part[11]) + (part[7] + part[15]))), MASK, b, h, i, key, nch[2])
                         ms[2] = T.max(ms[2], lg[t])
                     if ms[2] > neg_inf:
                         mnew = T.Bind(T.max(ms[0], ms[2]))
@@ -140,13 +174,16 @@ def _sparse_attention_fast(block, D: int, DV: int, mask_shape):
                             acc[e] = acc[e] * ms[3]
                         for t in range(CH):
                             if lg[t] > neg_inf:
-                                key = T.Bind(T.Cast("int64", IDX[b, h, i, c * CH + t]))
+                                key = T.Bind(slot_key(IDX, b, h, i, c * CH + t, nch[2]))
                                 for e in T.vectorized(DV):
                                     acc[e] = acc[e] + pv[t] * T.Cast("float32", V[b, hk, key, e])
                 if ms[1] > T.float32(0):
                     inv = T.Bind(T.float32(1) / ms[1])
                     for e in T.vectorized(DV):
                         OUT[b, h, i, e] = T.Cast(dtype, acc[e] * inv)
+                elif nch[2] > zero64:
+                    for e in T.vectorized(DV):
+                        OUT[b, h, i, e] = T.Cast(dtype, T.float32("nan"))
                 else:
                     for e in T.vectorized(DV):
                         OUT[b, h, i, e] = T.Cast(dtype, T.float32(0))

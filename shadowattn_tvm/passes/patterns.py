@@ -289,6 +289,8 @@ def classify_constant_mask(mask: np.ndarray, q_len, kv_len):
     i, j = np.arange(sq)[:, None], np.arange(skv)[None, :]
     for mode, vis in ((CausalMode.BOTTOM_RIGHT, j <= i + (skv - sq)), (CausalMode.TOP_LEFT, j <= i),
                       (CausalMode.NONE, np.ones_like(m, bool))):
+        if not vis.any(axis=1).all():
+            continue  # a row seeing no key gets the mask's fill in dense attention: keep the mask itself
         if (m[vis] == 0).all() and (m[~vis] <= MASKED_BELOW).all():
             return mode
     return None

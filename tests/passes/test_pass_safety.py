@@ -16,15 +16,19 @@ from ..conftest import run_module
 F32 = "float32"
 
 
-def _module(shapes, k_perm):
-    """main(q, k, v) = softmax(q @ permute(k) * 0.125) @ v on the given shapes (matmul broadcasting)."""
-    params = [relax.Var(n, relax.TensorType(list(s), F32)) for n, s in zip("qkv", shapes)]
+def _module(shapes, k_perm, dtype=F32):
+    """main(q, k, v[, mask]) = softmax(q @ permute(k) * 0.125 [+ mask]) @ v (matmul broadcasting;
+    a fourth shape is an additive mask, added in `dtype` as fp16 exporters do, softmax in fp32)."""
+    params = [relax.Var(n, relax.TensorType(list(s), dtype)) for n, s in zip("qkvm", shapes)]
     bb = relax.BlockBuilder()
     with bb.function("main", params):
         with bb.dataflow():
-            q, k, v = params
+            q, k, v = params[:3]
             s = bb.emit(relax.op.matmul(q, relax.op.permute_dims(k, k_perm)))
-            p = bb.emit(relax.op.nn.softmax(bb.emit(relax.op.multiply(s, relax.const(0.125, F32))), axis=-1))
+            s = bb.emit(relax.op.multiply(s, relax.const(0.125, dtype)))
+            if len(params) == 4:
+                s = bb.emit(relax.op.add(s, params[3]))
+            p = bb.emit(relax.op.astype(relax.op.nn.softmax(relax.op.astype(s, F32), axis=-1), dtype))
             out = bb.emit_output(relax.op.matmul(p, v))
         bb.emit_func_output(out)
     return bb.get()
@@ -87,4 +91,38 @@ def test_an_internal_error_while_analysing_leaves_the_block_dense(monkeypatch, r
     inputs = [rng.standard_normal([int(x) for x in p.ty.shape.values]).astype(F32) for p in mod["main"].params]
     got = run_module(mod, inputs, sat.pipeline(keep=0.2, report=report))
     assert all(c.status == "dense" and "ZeroDivisionError: analyser bug" in c.reason for c in report.candidates)
+    np.testing.assert_allclose(got, run_module(mod, inputs), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype,fill", [(F32, "-inf"), (F32, -1e9), (F32, "min"), (F32, -1e4),
+                                        ("float16", "min"), ("float16", "-inf")])
+@pytest.mark.parametrize("keep", [1.0, 0.2])
+def test_rows_without_a_visible_key_equal_dense(dtype, fill, keep, rng):
+    """Causal + left padding: the first rows of batch row 1 see only padding. Dense attention gives
+    them the softmax over all keys of the filled logits (NaN for -inf fills), and so must we."""
+    s, pad = 40, 12
+    value = float(np.finfo(dtype).min) if fill == "min" else float(fill)
+    mask = np.where(np.tril(np.ones((s, s), bool)), 0.0, value)[None, None].repeat(2, axis=0)
+    mask[1, :, :, :pad] = value
+    shapes = [(2, 4, s, 32), (2, 4, s, 32), (2, 4, s, 32), mask.shape]
+    mod = _module(shapes, [0, 1, 3, 2], dtype)
+    inputs = [(3 * rng.standard_normal(x)).astype(dtype) for x in shapes[:3]] + [mask.astype(dtype)]
+    report = sat.AttentionReport()
+    got = run_module(mod, inputs, sat.pipeline(keep=keep, k_min=1, report=report))
+    assert report.candidates[0].status == "rewritten"
+    dense = run_module(mod, inputs)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(dense))
+    assert np.isnan(dense).any() == (fill == "-inf")
+    blind = np.s_[1, :, :pad]  # the rows without a visible key: exact at any keep
+    np.testing.assert_allclose(got[blind], dense[blind], rtol=2e-2 if dtype == "float16" else 1e-5, atol=2e-3)
+
+
+def test_a_masked_block_without_the_hand_written_kernel_stays_dense(rng):
+    shapes = [(1, 2, 16, 24), (1, 2, 16, 24), (1, 2, 16, 24), (1, 1, 16, 16)]  # head_dim 24: TE kernel
+    mod = _module(shapes, [0, 1, 3, 2])
+    inputs = [rng.standard_normal(x).astype(F32) for x in shapes]
+    report = sat.AttentionReport()
+    got = run_module(mod, inputs, sat.pipeline(keep=0.5, k_min=1, report=report))
+    (cand,) = report.candidates
+    assert cand.status == "dense" and "hand-written sparse kernel" in cand.reason
     np.testing.assert_allclose(got, run_module(mod, inputs), rtol=1e-5, atol=1e-6)
