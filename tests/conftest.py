@@ -11,6 +11,20 @@ from shadowattn_tvm import targets
 HOST = targets.get("host").cpu
 
 
+def pytest_addoption(parser):
+    parser.addoption("--fuzz-count", type=int, default=50, help="random attention graphs the fuzz test draws")
+    parser.addoption("--fuzz-seed", type=int, default=0, help="first seed of the fuzz test's graphs")
+
+
+def pytest_terminal_summary(terminalreporter):
+    from .passes.test_fuzz import OUTCOMES
+
+    if OUTCOMES:
+        terminalreporter.write_sep("-", f"fuzz: {sum(OUTCOMES.values())} graphs")
+        for (outcome, reason), count in sorted(OUTCOMES.items(), key=lambda kv: -kv[1]):
+            terminalreporter.write_line(f"{count:5d}  {outcome}{': ' + reason if reason else ''}")
+
+
 def run_module(mod_or_ex, inputs, relax_pipeline="default"):
     ex = mod_or_ex if not isinstance(mod_or_ex, tvm.IRModule) else tvm.compile(
         mod_or_ex, target=HOST, relax_pipeline=relax_pipeline)

@@ -96,10 +96,11 @@ class _Splitter(PyExprMutator):
     def _split(self, call, block, ratios, q_scales, k_scales, mode):
         q, k, v = call.args[:3]
         mask = call.args[3] if block.has_mask else None
-        if mask is not None and not sparse_ops.has_fast_kernel(block.head_dim, v.ty.shape.values[3]):
+        v_dim = _int_or_expr(v.ty.shape.values[3])
+        if mask is not None and not sparse_ops.has_fast_kernel(block.head_dim, v_dim):
             if self.owner.report is not None:
                 self.owner.report.mark_dense(block.layer, f"additive mask with head dims {block.head_dim}/"
-                                             f"{v.ty.shape.values[3]}: rows whose keys are all masked need the "
+                                             f"{v_dim}: rows whose keys are all masked need the "
                                              "hand-written sparse kernel (head_dim a multiple of 16, v_dim of 8)")
             return call
         pilot_gv = self.builder_.add_func(self._pilot(block, q.ty, k.ty, mode, q_scales, k_scales),

@@ -1,0 +1,73 @@
+"""Fuzzing the pass set with random attention graphs (`shadowattn_tvm.testing.fuzz`).
+
+Every graph is compiled with TVM's plain pipeline and with `sat.pipeline` at keep 1.0 and 0.3:
+* no graph TVM compiles may fail to compile with the pass set;
+* keep 1.0 equals dense (rewritten or not), NaN for NaN;
+* keep 0.3 equals dense when the block stayed dense, else the float top-k reference (the rule of
+  `ops.topk`, ranking in float64) within LOW_KEEP_TOL: the INT8 pilot may swap keys at the k-th
+  boundary, whose weights are close, so the output moves a little, never by a wrong selection;
+* near misses (not attention) stay dense.
+`python -m pytest -m fuzz --fuzz-count 1000` runs a campaign; the summary lists outcomes and reasons.
+"""
+from __future__ import annotations
+
+import collections
+import re
+
+import numpy as np
+import pytest
+
+import shadowattn_tvm as sat
+from shadowattn_tvm.testing.fuzz import float_topk_reference, random_case, to_canonical
+
+from ..conftest import run_module
+
+LOW_KEEP, K_MIN = 0.3, 2
+TOL = {"float32": 1e-4, "float16": 1e-2}  # keep 1.0 vs dense, relative L2 (fp16: rounding of the fp16 graph)
+LOW_KEEP_TOL = 0.05  # keep 0.3 vs the float top-k reference, relative L2
+OUTCOMES: collections.Counter = collections.Counter()
+
+
+def pytest_generate_tests(metafunc):
+    if "fuzz_seed" in metafunc.fixturenames:
+        first, count = metafunc.config.getoption("--fuzz-seed"), metafunc.config.getoption("--fuzz-count")
+        metafunc.parametrize("fuzz_seed", range(first, first + count))
+
+
+def _rel_err(got, want) -> float:
+    if not np.array_equal(np.isnan(got), np.isnan(want)):
+        return float("inf")
+    ok = ~np.isnan(want)
+    return float(np.linalg.norm(got[ok] - want[ok]) / max(np.linalg.norm(want[ok]), 1e-12))
+
+
+def _reason(report) -> str:
+    reasons = {c.reason for c in report.candidates if c.status != "rewritten"}
+    return re.sub(r"-?\d[\d.e+-]*", "N", "; ".join(sorted(reasons)))[:90]  # numbers out: counts group by kind
+
+
+@pytest.mark.fuzz
+def test_random_attention_graph(fuzz_seed):
+    case = random_case(fuzz_seed)
+    dense = run_module(case.mod, case.inputs).astype(np.float64)
+    for keep in (1.0, LOW_KEEP):
+        report = sat.AttentionReport()
+        try:
+            got = run_module(case.mod, case.inputs, sat.pipeline(keep=keep, k_min=K_MIN, report=report))
+        except Exception as err:  # noqa: BLE001 - counted, then failed
+            OUTCOMES["failed compile", type(err).__name__] += 1
+            raise AssertionError(f"{case.label()}: keep {keep} does not compile: {err}") from err
+        got = got.astype(np.float64)
+        rewritten = bool(report.rewritten)
+        if not case.attention:
+            assert not rewritten, f"{case.label()}: a near miss was rewritten"
+        if keep == 1.0 or not rewritten:
+            err, tol, against = _rel_err(got, dense), TOL[case.desc["dtype"]], "dense"
+        else:
+            want = float_topk_reference(case, keep, K_MIN)
+            err, tol, against = _rel_err(to_canonical(case, got), want), LOW_KEEP_TOL, "float top-k reference"
+        if not err <= tol:
+            OUTCOMES["wrong output", f"keep {keep}"] += 1
+            raise AssertionError(f"{case.label()}: keep {keep} ({'rewritten' if rewritten else 'dense'}) differs "
+                                 f"from the {against}: relative L2 {err:.3g} > {tol}\n{report.table()}")
+    OUTCOMES[("rewritten", "") if rewritten else ("dense", _reason(report))] += 1
