@@ -126,6 +126,15 @@ class SparsityProfile:
             raise ProfileError(f"this profile was calibrated for model {self.model}, not {fingerprint}: "
                                "calibrate one for this model with `shadowattn calibrate`")
 
+    def check_layer_count(self, count: int) -> None:
+        """A calibrated profile must cover exactly the model's `count` numbered attention layers."""
+        if self.layers and len(self.layers) != count:
+            raise ProfileError(
+                f"the profile covers {len(self.layers)} attention layers but the model has {count} (the "
+                "blocks detection rewrote; blocks left dense are not numbered): the profile was made for "
+                "another model; calibrate one on this model"
+            )
+
     def layer(self, index: int, num_heads: int, num_kv_heads: int) -> LayerProfile:
         """The profile of attention layer `index`, checked against the layer's head counts."""
         if not self.layers:

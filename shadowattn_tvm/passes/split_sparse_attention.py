@@ -47,6 +47,7 @@ class SplitSparseAttention:
         composites = {gv for gv, f in mod.functions.items() if _kind(f) == COMPOSITE_KIND}
         if not composites:
             return mod
+        self.profile.check_layer_count(len(composites))
         target = tvm.target.Target.current(allow_none=True)
         mod = _Splitter(mod, composites, self, schedules.for_target(target)).transform()
         return relax.transform.DeadCodeElimination()(mod)

@@ -137,3 +137,12 @@ def test_profile_for_another_model_raises_profile_error_through_tvm_compile():
     profile = SparsityProfile(keep=0.2, layers=(LayerProfile((0.2,) * 3),))  # the block has 14 query heads
     with pytest.raises(ProfileError, match="layer 0 has 14 query heads but the profile gives 3 ratios"):
         tvm.compile(get_model("default", 32).mod, target="llvm", relax_pipeline=sat.pipeline(keep=None, profile=profile))
+
+
+def test_profile_with_more_layers_than_the_model_is_refused_with_both_counts():
+    from shadowattn_tvm.builder.models import get_model
+
+    layer = LayerProfile((0.2,) * 14)
+    profile = SparsityProfile(keep=0.2, layers=(layer, layer, layer))  # the default model has one block
+    with pytest.raises(ProfileError, match="the profile covers 3 attention layers but the model has 1"):
+        tvm.compile(get_model("default", 32).mod, target="llvm", relax_pipeline=sat.pipeline(keep=None, profile=profile))
