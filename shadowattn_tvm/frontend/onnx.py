@@ -100,6 +100,7 @@ def from_onnx(
         raise TypeError(f"from_onnx expects a path or an onnx.ModelProto, got {type(model).__name__}")
     bound = bind_dims(model, seq_len=seq_len, batch_size=batch_size, dims=dims)
     model = specialize(model, bound, fold_limit=fold_limit)
+    _check_constant_gathers(model, bound)
     model = _split_constants(model, keep_params_in_input)
     from tvm.relax.frontend.onnx import from_onnx as tvm_from_onnx
 
@@ -115,6 +116,26 @@ def from_onnx(
     names = [p.name for p in main.params[num_input:]]
     params = {name: value.numpy() for name, value in zip(names, detached.get("main", []))}
     return mod, params
+
+
+def _check_constant_gathers(model, bound) -> None:
+    """A table read at constant indices (learned positions read at arange(seq_len)) must have the
+    rows: past its end TVM's take reads other memory, so the model would run with made-up rows."""
+    _, _, numpy_helper, _ = _onnx()
+    tables = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type != "Gather" or node.input[0] not in tables or node.input[1] not in tables:
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        dims = list(tables[node.input[0]].dims)
+        rows = dims[axis]
+        idx = numpy_helper.to_array(tables[node.input[1]])
+        if idx.size and (idx.max() >= rows or idx.min() < -rows):
+            at = ", ".join(f"{k}={v}" for k, v in sorted(bound.items())) or "the exported shapes"
+            raise ValueError(
+                f"with {at}, Gather node {node.name or node.output[0]!r} reads row {int(idx.max())} of "
+                f"{node.input[0]!r}, which has {rows} rows (for example, learned positions for {rows} tokens): "
+                f"use a length of at most {rows}")
 
 
 # ---------------------------------------------------------------- dynamic dimensions

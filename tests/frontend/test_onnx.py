@@ -203,3 +203,26 @@ def _calls(func):
     found = []
     relax.analysis.post_order_visit(func, lambda e: found.append(e) if isinstance(e, relax.Call) else None)
     return [c for c in found if isinstance(c.op, tvm.ir.Op)]
+
+
+def test_a_length_past_the_learned_positions_is_refused():
+    """positions = arange(seq) read from a 16-row table: 20 tokens would read rows that do not exist."""
+    c = lambda name, v: numpy_helper.from_array(np.asarray(v), name)  # noqa: E731
+    rng = np.random.default_rng(0)
+    inits = [c("W", rng.standard_normal((50, 4)).astype(np.float32)),
+             c("P", rng.standard_normal((16, 4)).astype(np.float32)), c("one", np.int64(1)), c("zero", np.int64(0))]
+    nodes = [helper.make_node("Gather", ["W", "ids"], ["emb"], axis=0),
+             helper.make_node("Shape", ["ids"], ["shape"], start=1, end=2),
+             helper.make_node("Squeeze", ["shape"], ["n"]),
+             helper.make_node("Range", ["zero", "n", "one"], ["pos"]),
+             helper.make_node("Gather", ["P", "pos"], ["pemb"], axis=0),
+             helper.make_node("Add", ["emb", "pemb"], ["out"])]
+    graph = helper.make_graph(nodes, "positions", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, "seq"])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, "seq", 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    mod, params = from_onnx(model, seq_len=16)
+    ids = np.random.default_rng(1).integers(0, 50, (1, 16))
+    (expected,) = ReferenceEvaluator(model).run(None, {"ids": ids})
+    np.testing.assert_allclose(_run(mod, [ids], params), expected, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"reads row 19 of 'P', which has 16 rows .* at most 16"):
+        from_onnx(model, seq_len=20)
