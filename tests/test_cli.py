@@ -35,7 +35,12 @@ def test_default_demo_runs_smollm2(capsys):
 
 @pytest.mark.parametrize("argv,message", [(["demo", "--keep", "1.5"], "outside"), (["demo", "--tokens", "0"], "--tokens"),
                                           (["demo", "--trace", "t.json"], "demo block --trace"),
-                                          (["demo", "x.gguf"], "--profile is required")])
+                                          (["demo", "x.gguf"], "--profile is required"),
+                                          (["demo", "block", "--trace", "/no/such/dir/t.json"], "does not exist"),
+                                          (["demo", "block", "--report", "/no/such/dir/r.json"], "does not exist"),
+                                          (["demo", "block", "--trace", "."], "is a directory"),
+                                          (["demo", "block", "--repeat", "0"], "--repeat must be >= 1"),
+                                          (["demo", "block", "--k-min", "0"], "--k-min must be >= 1")])
 def test_demo_rejects_bad_arguments(argv, message):
     with pytest.raises((SystemExit, ValueError), match=message):
         main(argv)

@@ -24,12 +24,17 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..calibrate.profile import check_keep
+    from ._checks import positive, writable_file
 
     block = args.model == "block"
     tokens = args.tokens if args.tokens is not None else (1024 if block else 512)
     if tokens < 1:
         raise SystemExit(f"--tokens must be >= 1, got {tokens}")
     check_keep(args.keep)
+    positive("--k-min", args.k_min)
+    positive("--repeat", args.repeat)
+    writable_file("--trace", args.trace)
+    writable_file("--report", args.report)
     if not block and args.trace:
         raise SystemExit("--trace runs the two-lane pipeline on the attention block: "
                          "use `shadowattn demo block --trace FILE`")
