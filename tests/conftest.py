@@ -17,12 +17,16 @@ def pytest_addoption(parser):
 
 
 def pytest_terminal_summary(terminalreporter):
-    from .passes.test_fuzz import OUTCOMES
+    from .passes.test_fuzz import DRIFT, OUTCOMES
 
     if OUTCOMES:
         terminalreporter.write_sep("-", f"fuzz: {sum(OUTCOMES.values())} graphs")
         for (outcome, reason), count in sorted(OUTCOMES.items(), key=lambda kv: -kv[1]):
             terminalreporter.write_line(f"{count:5d}  {outcome}{': ' + reason if reason else ''}")
+        if DRIFT:
+            d = sorted(DRIFT)
+            terminalreporter.write_line(f"low keep vs float-ranked top-k (rel. L2, INT8 ranking effect): median "
+                                        f"{d[len(d) // 2]:.3g}, 95th pct {d[int(0.95 * (len(d) - 1))]:.3g}, max {d[-1]:.3g}")
 
 
 def run_module(mod_or_ex, inputs, relax_pipeline="default"):

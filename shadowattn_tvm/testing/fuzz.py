@@ -8,8 +8,9 @@ biases; fills -inf, finfo.min, -1e9), ``R.nn.attention``, and near misses that a
 (softmax over the query axis, a soft cap between Q·Kᵀ and softmax, a data-dependent scale).
 
 Each case also carries its canonical description (Q, K, V in BHSD at the query head count,
-the scale, the full additive mask) so `float_topk_reference` can say what a low keep must give:
-the documented rule of `ops.topk`/`ops.sparse_attention` with the ranking in float64.
+the scale, the full additive mask) so `topk_reference` can say what a low keep must give: the
+documented rule of `ops.topk`/`ops.sparse_attention`, with the INT8 pilot's ranking (exact) or
+the float64 one (what the pilot approximates).
 """
 from __future__ import annotations
 
@@ -224,17 +225,29 @@ def _mask(bb, d, s, params, full_mask, mask_param):
     return bb.emit(R.add(s, relax.const(const.astype(dt), dt)))
 
 
-def float_topk_reference(case: FuzzCase, keep: float, k_min: int) -> np.ndarray:
-    """The documented rule with float64 ranking: per (head, row) keep k = min(V, max(k_min,
-    ceil(keep·Skv))) of the V visible keys (mask > MASKED_BELOW, causal included) by logit, softmax
-    over them; a row with V = 0 gets the dense row (NaN if every logit is -inf). Canonical layout."""
+def topk_reference(case: FuzzCase, keep: float, k_min: int, ranking: str = "float") -> np.ndarray:
+    """The documented rule, canonical layout: per (head, row) keep k = min(V, max(k_min,
+    ceil(keep·Skv))) of the V visible keys (mask > MASKED_BELOW, causal included), softmax over
+    them in float64; a row with V = 0 gets the dense row (NaN if every logit is -inf).
+
+    ranking "float": keys ranked by the float64 logit; "int8": as the build ranks them, by the
+    INT8 pilot's int32 Q·Kᵀ with dynamic absmax scales, plus the mask when there is one
+    (`ops.reference`), ties to the lower index."""
+    from ..ops import reference as ref
+
     scores = np.einsum("bhid,bhjd->bhij", case.q, case.k) * case.scale
     logits = scores + case.mask if case.mask is not None else scores
     # a row without a visible key is the dense row, whose logits the graph forms in its dtype
     # (a finite fill absorbs the scores there): form them the same way
     dt = np.dtype(case.desc["dtype"])
-    blind = scores.astype(dt) + case.mask.astype(dt) if case.mask is not None else scores
-    blind = blind.astype(np.float64)
+    blind = (scores.astype(dt) + case.mask.astype(dt) if case.mask is not None else scores).astype(np.float64)
+    rank = logits
+    if ranking == "int8":
+        qs, ks = ref.absmax_scale(case.q.astype(dt)), ref.absmax_scale(case.k.astype(dt))
+        pilot = np.einsum("bhid,bhjd->bhij", ref.quantize(case.q.astype(dt), qs).astype(np.int64),
+                          ref.quantize(case.k.astype(dt), ks).astype(np.int64))
+        deq = (qs * ks * np.float32(case.scale)).astype(np.float32)[None, :, None, None]
+        rank = pilot if case.mask is None else pilot.astype(np.float32) * deq + case.mask.astype(np.float32)
     shape = logits.shape
     visible = np.broadcast_to(case.mask > MASKED_BELOW, shape) if case.mask is not None else np.ones(shape, bool)
     out = np.empty(shape[:3] + (case.v.shape[-1],))
@@ -247,7 +260,7 @@ def float_topk_reference(case: FuzzCase, keep: float, k_min: int) -> np.ndarray:
             else:
                 k = keep_count(keep, shape[3], k_min, n)
                 cand = np.nonzero(vis)[0]
-                chosen = cand[np.argsort(-row[cand], kind="stable")[:k]]
+                chosen = cand[np.argsort(-rank[idx][cand], kind="stable")[:k]]
                 w = np.zeros(shape[3])
                 w[chosen] = np.exp(row[chosen] - row[chosen].max())
             out[idx] = (w / w.sum()) @ case.v[idx[0], idx[1]]
@@ -263,4 +276,4 @@ def to_canonical(case: FuzzCase, out: np.ndarray) -> np.ndarray:
     return out
 
 
-__all__ = ["FuzzCase", "random_case", "float_topk_reference", "to_canonical"]
+__all__ = ["FuzzCase", "random_case", "topk_reference", "to_canonical"]
