@@ -166,7 +166,11 @@ def peel_scores(expr, var2val) -> ScoreChain:
             if mask is not None:
                 raise Unsupported("more than one mask added to the scores")
             a, b = call.args
-            chain, mask = (a, b) if _reaches_qk(a, var2val) else (b, a)
+            if _reaches_qk(a, var2val) or (not _reaches_qk(b, var2val)
+                                           and constant_value(value_of(b, var2val)) is not None):
+                chain, mask = a, b  # the scores side; with neither reaching Q·Kᵀ, the non-constant one
+            else:
+                chain, mask = b, a
             if not str(dtype_of(mask)).startswith("float"):
                 raise Unsupported(f"mask of dtype {dtype_of(mask)} added to the scores")
             mask_const = constant_value(value_of(mask, var2val))
