@@ -178,7 +178,8 @@ def peel_scores(expr, var2val) -> ScoreChain:
         elif name == "relax.where":
             if mask is not None:
                 raise Unsupported("more than one mask applied to the scores")
-            first = _reaches_qk(call.args[1], var2val)
+            first = _reaches_qk(call.args[1], var2val) or (not _reaches_qk(call.args[2], var2val)
+                                                            and scalar_constant(call.args[2], var2val) is not None)
             mask, mask_const = _peel_where(call, var2val, first)
             expr = call.args[1] if first else call.args[2]
         elif name == "relax.matmul":
