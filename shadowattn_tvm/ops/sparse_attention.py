@@ -9,9 +9,10 @@ With static D (a multiple of 16) and Dv (a multiple of 8) the kernel is hand-wri
 scheduled TIR (attr ``tirx.is_scheduled``): one parallel task per block of query rows; a row
 walks its slots in chunks of 16 with an online softmax (running max and sum, float32, exp as a
 vectorised polynomial), the q·k dots use 8-lane FMAs over d (two partial-sum chains) and p·V
-is vectorised over Dv. Trailing -1 slots are skipped; -1 slots anywhere else are ignored. A row whose slots are all
--1 sees no key (every key masked): it gets what the dense block gives it, the softmax over all
-its causally allowed keys of scale·q·k + mask (NaN when every logit is -inf, as dense softmax).
+is vectorised over Dv. Trailing -1 slots are skipped; -1 slots anywhere else are ignored. A row
+whose slots are all -1 sees no key (every key masked): it gets what the dense block gives it,
+the softmax over all its causally allowed keys of scale·q·k + mask (NaN when every logit is
+-inf, as dense softmax).
 Other shapes fall back to a TE definition that `schedules.cpu` schedules.
 """
 from __future__ import annotations
@@ -139,8 +140,8 @@ def _sparse_attention_fast(block, D: int, DV: int, mask_shape):
                     nch[1] = nch[1] - 1
                 nch[2] = zero64
                 if nch[1] == zero64:
-                    # top-k found no visible key (every key masked or causally hidden): the row is what the dense block
-                    # gives it, softmax over all causally allowed keys (all -inf: NaN, as dense)
+                    # top-k found no visible key (every key masked or causally hidden): the row is what
+                    # the dense block gives it, softmax over all causally allowed keys (all -inf: NaN)
                     nch[2] = T.int64(1)
                     nch[1] = T.max(T.min(SKV, i + 1 + bottom_right * (SKV - SQ) + no_causal * SKV), zero64)
                 nch[0] = (nch[1] + CH - 1) // CH

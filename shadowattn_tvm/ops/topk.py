@@ -2,8 +2,8 @@
 
 A row keeps k = min(V, K, max(k_min, ceil(ratio[h] * Skv))) of its V visible keys
 (`block.keep_count`; Skv is the scores' KV length; K is the width of `idx`, so a ratio larger
-than the one `idx` was sized for never writes past it): causally masked keys (by the block's `CausalMode`) and keys whose
-additive mask is <= MASKED_BELOW are skipped.
+than the one `idx` was sized for never writes past it): causally masked keys (by the block's
+`CausalMode`) and keys whose additive mask is <= MASKED_BELOW are skipped.
 Without a mask the ranking is the int32 score itself; with one it is
 float(score) * q_scale[h] * k_scale[kv(h)] * scale + mask, i.e. the float logit the dense
 block would rank by. Only the visible prefix of each score row is read (the pilot may leave
