@@ -90,20 +90,22 @@ class _Splitter(PyExprMutator):
         try:
             return self._split(call, block, ratios, q_scales, k_scales, mode)
         except Exception as err:  # noqa: BLE001 - an internal error leaves this block dense, not the build broken
-            if self.owner.report is not None:
-                self.owner.report.mark_dense(block.layer, internal_error("splitting", err))
-            return call
+            return self._leave_dense(call, block, internal_error("splitting", err))
+
+    def _leave_dense(self, call, block, reason: str):
+        """Keep the composite call (its dense body runs) and say why in the report."""
+        if self.owner.report is not None:
+            self.owner.report.mark_dense(block.layer, reason)
+        return call
 
     def _split(self, call, block, ratios, q_scales, k_scales, mode):
         q, k, v = call.args[:3]
         mask = call.args[3] if block.has_mask else None
         v_dim = _int_or_expr(v.ty.shape.values[3])
         if mask is not None and not sparse_ops.has_fast_kernel(block.head_dim, v_dim):
-            if self.owner.report is not None:
-                self.owner.report.mark_dense(block.layer, f"additive mask with head dims {block.head_dim}/"
-                                             f"{v_dim}: rows whose keys are all masked need the "
-                                             "hand-written sparse kernel (head_dim a multiple of 16, v_dim of 8)")
-            return call
+            return self._leave_dense(call, block, f"additive mask with head dims {block.head_dim}/{v_dim}: rows whose "
+                                     "keys are all masked need the hand-written sparse kernel (head_dim a multiple "
+                                     "of 16, v_dim of 8)")
         pilot_gv = self.builder_.add_func(self._pilot(block, q.ty, k.ty, mode, q_scales, k_scales),
                                           f"sat_pilot_L{block.layer}")
         pilot = self.builder_.emit(relax.Call(pilot_gv, [q, k]), name_hint="pilot")
