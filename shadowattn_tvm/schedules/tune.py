@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._compat import meta_schedule, tvm
+from ..runtime.rpc_session import RPCUnavailable, check_available
 from ..targets import DeviceProfile
 from ..targets import get as get_device
 from .tune_database import TuningDatabase, workload_key
@@ -128,6 +129,63 @@ def _progress_callback(total: int, log):
     return _Progress()
 
 
+def _session(endpoint, timeout: float):
+    def create(_rpc_config):  # runs in MetaSchedule's worker, once per trial
+        from shadowattn_tvm.runtime.rpc_session import open_session
+
+        # bounded: TVM's own request waits forever for a server that died (the tracker keeps the request)
+        return open_session(endpoint, wait=timeout, session_timeout=timeout)
+
+    return create
+
+
+_LOST = ("rpcunavailable", "connection", "socket", "broken pipe", "closed", "reset")
+
+
+class _Watch:
+    """Notices the endpoint going away: a failed trial whose error looks like a lost connection is
+    followed by a fail-fast check of the endpoint, whose RPCUnavailable ends the run."""
+
+    def __init__(self, endpoint):
+        self.endpoint, self.lost = endpoint, None
+
+    def check(self, runner_results) -> None:
+        if self.endpoint is None or self.lost is not None:
+            return
+        errors = [r.error_msg.lower() for r in runner_results if r.error_msg]
+        if not any(word in e for e in errors for word in _LOST):
+            return
+        try:
+            check_available(self.endpoint)
+        except RPCUnavailable as err:
+            self.lost = str(err)
+            raise
+
+
+def _watch_callback(watch: _Watch):
+    ms = meta_schedule()
+
+    @tvm.ir.utils.derived_object
+    class _StopWhenLost(ms.measure_callback.PyMeasureCallback):
+        """Runs before AddToDatabase: when the endpoint is gone it commits the batch's measured
+        records itself and stops, so trials that failed only because the device went away are not
+        recorded as failures (a resumed run measures them again)."""
+
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+            try:
+                watch.check(runner_results)
+            except RPCUnavailable:
+                ctx, database = task_scheduler.tasks_[task_id].ctx, task_scheduler.database_
+                workload = database.commit_workload(ctx.mod)
+                for candidate, result in zip(measure_candidates, runner_results):
+                    if result.run_secs and not result.error_msg:
+                        database.commit_tuning_record(ms.database.TuningRecord(
+                            candidate.sch.trace, workload, result.run_secs, ctx.target, candidate.args_info))
+                raise
+
+    return _StopWhenLost()
+
+
 def _runner(endpoint, index_bound: int, timeout: float):
     ms = meta_schedule()
     evaluator = ms.runner.EvaluatorConfig(number=2, repeat=1, min_repeat_ms=0, enable_cpu_cache_flush=False)
@@ -137,7 +195,7 @@ def _runner(endpoint, index_bound: int, timeout: float):
     config = ms.runner.RPCConfig(tracker_host=endpoint.host, tracker_port=endpoint.port, tracker_key=endpoint.key,
                                  session_timeout_sec=timeout)
     return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=1,
-                               f_alloc_argument=_rpc_alloc(index_bound))
+                               f_create_session=_session(endpoint, timeout), f_alloc_argument=_rpc_alloc(index_bound))
 
 
 def _space():
@@ -174,7 +232,7 @@ def _select(all_tasks: list[TuneTask], names) -> list[TuneTask]:
     return [t for t in all_tasks if t.name in set(names)]
 
 
-def _measure_shipped(database: TuningDatabase, tasks, device, builder, runner, log) -> dict:
+def _measure_shipped(database: TuningDatabase, tasks, device, builder, runner, watch: _Watch, log) -> dict:
     """Latency of each task's shipped kernel through the tuning builder and runner (once per workload)."""
     ms = meta_schedule()
     shipped = {}
@@ -191,6 +249,7 @@ def _measure_shipped(database: TuningDatabase, tasks, device, builder, runner, l
         best = math.inf
         for _ in range(3):  # the best of three runs, as the records are the best of many candidates
             result = runner.run([ms.runner.RunnerInput(built.artifact_path, "cpu", args)])[0].result()
+            watch.check([result])
             if result.run_secs:
                 best = min(best, 1e3 * sum(float(s) for s in result.run_secs) / len(result.run_secs))
         if math.isfinite(best):
@@ -199,6 +258,27 @@ def _measure_shipped(database: TuningDatabase, tasks, device, builder, runner, l
             database.save_baseline(task.func, task.name, best, kernel)
             shipped[task.name] = best
     return shipped
+
+
+def _search(selected: list[TuneTask], device: DeviceProfile, trials: int, trials_per_iter: int, work: Path,
+            builder, runner, watch: _Watch, log) -> None:
+    ms = meta_schedule()
+    cores = max(1, int(device.cpu.attrs.get("num-cores", 1)) if not device.is_cross else 1)
+    contexts = [
+        ms.TuneContext(mod=tvm.IRModule({"main": task.func}), target=device.cpu, space_generator=_space(),
+                       search_strategy=ms.search_strategy.EvolutionarySearch(
+                           population_size=max(64, 4 * trials_per_iter), init_min_unmeasured=16, genetic_num_iters=2),
+                       task_name=task.name, rand_state=seed, num_threads=cores).clone()
+        for seed, task in enumerate(selected)
+    ]
+    ms.tune_tasks(
+        tasks=contexts, task_weights=[float(t.weight) for t in selected], work_dir=str(work),
+        max_trials_global=trials, num_trials_per_iter=min(trials_per_iter, trials),
+        builder=builder, runner=runner, database=ms.database.JSONDatabase(work_dir=str(work)),
+        measure_callbacks=[_watch_callback(watch), *ms.measure_callback.MeasureCallback.create("default"),
+                           _progress_callback(trials, log)],
+        task_scheduler="gradient",
+    )
 
 
 def tune(device: str | DeviceProfile, *, model: str = "default", tasks=None, trials: int = 64, tokens: int = 1024,
@@ -224,23 +304,15 @@ def tune(device: str | DeviceProfile, *, model: str = "default", tasks=None, tri
     builder = ms.builder.LocalBuilder(f_build=_build, f_export=_exporter(device.cross_compiler), max_workers=1,
                                       timeout_sec=timeout)
     runner = _runner(endpoint, index_bound, timeout)
-    # baselines first: an interrupted run then still tells compile what a record has to beat
-    shipped = _measure_shipped(TuningDatabase(work), selected, device, builder, runner, log)
-    cores = max(1, int(device.cpu.attrs.get("num-cores", 1)) if not device.is_cross else 1)
-    contexts = [
-        ms.TuneContext(mod=tvm.IRModule({"main": task.func}), target=device.cpu, space_generator=_space(),
-                       search_strategy=ms.search_strategy.EvolutionarySearch(
-                           population_size=max(64, 4 * trials_per_iter), init_min_unmeasured=16, genetic_num_iters=2),
-                       task_name=task.name, rand_state=seed, num_threads=cores).clone()
-        for seed, task in enumerate(selected)
-    ]
-    ms.tune_tasks(
-        tasks=contexts, task_weights=[float(t.weight) for t in selected], work_dir=str(work),
-        max_trials_global=trials, num_trials_per_iter=min(trials_per_iter, trials),
-        builder=builder, runner=runner, database=ms.database.JSONDatabase(work_dir=str(work)),
-        measure_callbacks=ms.measure_callback.MeasureCallback.create("default") + [_progress_callback(trials, log)],
-        task_scheduler="gradient",
-    )
+    watch = _Watch(endpoint)
+    try:  # baselines first: an interrupted run then still tells compile what a record has to beat
+        shipped = _measure_shipped(TuningDatabase(work), selected, device, builder, runner, watch, log)
+        _search(selected, device, trials, trials_per_iter, work, builder, runner, watch, log)
+    except Exception as err:  # noqa: BLE001 - MetaSchedule re-raises the callback's error as its own type
+        if watch.lost is None:
+            raise
+        raise RPCUnavailable(f"tuning stopped: {watch.lost}; the {len(TuningDatabase(work))} records measured so "
+                             f"far are kept in {work}: re-run the same command to resume") from err
     database = TuningDatabase(work)
     return TuneResult(work_dir=work, records=len(database), best_ms={t.name: database.best_ms(t.func) for t in selected},
                       shipped_ms=shipped, seconds=time.perf_counter() - start)
