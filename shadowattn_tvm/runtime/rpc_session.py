@@ -61,7 +61,9 @@ def _tracker_socket(host: str, port: int, timeout: float) -> socket.socket:
         magic = struct.unpack("<i", rpc.base.recvall(sock, 4))[0]
     except OSError as err:
         sock.close()
-        raise RPCUnavailable(f"{host}:{port} did not answer as a TVM RPC tracker ({err})") from None
+        reason = (err.strerror or str(err) or type(err).__name__).lower()
+        raise RPCUnavailable(f"the RPC tracker at {host}:{port} dropped the connection ({reason}): check that it "
+                             f"is still running and is a TVM RPC tracker") from None
     if magic != rpc.base.RPC_TRACKER_MAGIC:
         sock.close()
         raise RPCUnavailable(f"{host}:{port} is not a TVM RPC tracker")

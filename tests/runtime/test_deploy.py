@@ -90,3 +90,27 @@ def test_deploy_smollm2_runs_its_real_weights(host_phone, tmp_path):
     assert build.report.summary() == "30/30 attention blocks rewritten"
     result = deploy(build.out_dir, _tracker(host_phone), repeat=1, **quiet)
     assert result.verified and result.max_abs_err <= 1e-4
+
+
+def _kill_tracker_at(state, when):
+    def on_phase(phase):
+        if phase == when:
+            os.killpg(state.tracker.pid, signal.SIGKILL)
+
+    return on_phase
+
+
+def test_tracker_dying_before_connect(doomed_host_phone, host_build):
+    # refused, or reset when the kill lands mid-handshake: one line naming the tracker either way
+    with pytest.raises(RPCUnavailable, match=r"^(cannot reach the RPC tracker at 127\.0\.0\.1:\d+ \(connection refused\)|"
+                                             r"the RPC tracker at 127\.0\.0\.1:\d+ dropped the connection \(.*\): check "
+                                             r"that it is still running and is a TVM RPC tracker)$"):
+        deploy(host_build, _tracker(doomed_host_phone), on_phase=_kill_tracker_at(doomed_host_phone, "connect"),
+               **quiet)
+
+
+def test_tracker_dying_mid_run_leaves_the_session(doomed_host_phone, host_build):
+    # the session goes straight to the server once the tracker has matched it: the run completes
+    result = deploy(host_build, _tracker(doomed_host_phone), repeat=1,
+                    on_phase=_kill_tracker_at(doomed_host_phone, "run"), **quiet)
+    assert result.verified and not doomed_host_phone.tracker.alive() and doomed_host_phone.server.alive()
