@@ -90,3 +90,25 @@ def test_debug_shows_the_real_exception(tmp_path):
     with pytest.raises(Exception) as info:
         main(["--debug", "eval", str(junk), "--profile", str(tmp_path / "p.json")])
     assert not isinstance(info.value, SystemExit)
+
+
+@pytest.mark.parametrize("argv,env,message", [
+    (["start", "--host-server", "--tracker-port", "70000"], {}, r"the tracker port must be 0\.\.65535 .*got 70000"),
+    (["start", "--host-server", "--server-port", "-1"], {}, r"the server port must be 0\.\.65535 .*got -1"),
+    (["start", "--host-server"], {"TVM_TRACKER_PORT": "abc"}, r"environment variable TVM_TRACKER_PORT='abc' is invalid"),
+    (["status"], {"state": "{not json"}, r"is not an emulated-phone state file .*; delete it"),
+    (["stop"], {"state": "[]"}, r"is not an emulated-phone state file .*; delete it"),
+])
+def test_emulated_phone_rejects_bad_input(tmp_path, monkeypatch, argv, env, message):
+    state = tmp_path / "state.json"
+    monkeypatch.setenv("SHADOWATTN_PHONE_STATE", str(state))
+    for name, value in env.items():
+        if name == "state":
+            state.write_text(value)
+        else:
+            monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as info:
+        main(["emulated-phone", *argv])
+    text = str(info.value.code)
+    assert text.startswith(f"shadowattn emulated-phone {argv[0]}: error: ") and "\n" not in text
+    assert re.search(message, text), text

@@ -18,7 +18,7 @@ def add_parser(sub) -> None:
     setup.add_argument("--force", action="store_true", help="rebuild the cached image")
     start = actions.add_parser("start", help="start the tracker and the emulated server")
     start.add_argument("--key", help="device key to register (default snapdragon-8gen3; host with --host-server)")
-    start.add_argument("--tracker-port", type=int, default=settings.TRACKER_PORT.get(),
+    start.add_argument("--tracker-port", type=int,
                        help=f"tracker port (default ${settings.TRACKER_PORT.name} or 9190; 0 = any free port)")
     start.add_argument("--server-port", type=int, default=0, help="server port (default: any free port)")
     start.add_argument("--host-server", action="store_true",
@@ -29,6 +29,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from .. import settings
     from ..runtime import emulated_phone, phone_image
     from ..runtime.toolchain import ToolchainError, ensure_tools
 
@@ -40,8 +41,8 @@ def run(args) -> int:
         elif args.action == "start":
             kind = emulated_phone.ServerKind.HOST if args.host_server else emulated_phone.ServerKind.EMULATED
             key = args.key or ("host" if args.host_server else "snapdragon-8gen3")
-            state = emulated_phone.start(key, kind=kind, tracker_port=args.tracker_port,
-                                         server_port=args.server_port)
+            tracker_port = settings.TRACKER_PORT.get() if args.tracker_port is None else args.tracker_port
+            state = emulated_phone.start(key, kind=kind, tracker_port=tracker_port, server_port=args.server_port)
             print(f"tracker {state.tracker_address} (pid {state.tracker.pid}), server pid {state.server.pid}, "
                   f"key {state.key!r}\ndeploy with: shadowattn deploy DIR --rpc-tracker {state.tracker_address} "
                   f"--rpc-key {state.key}")
@@ -49,6 +50,6 @@ def run(args) -> int:
             emulated_phone.stop()
         else:
             print(json.dumps(emulated_phone.status(), indent=1))
-    except (emulated_phone.PhoneError, phone_image.PhoneImageError, ToolchainError) as err:
+    except (ValueError, emulated_phone.PhoneError, phone_image.PhoneImageError, ToolchainError) as err:
         raise SystemExit(f"shadowattn emulated-phone {args.action}: error: {err}") from None
     return 0

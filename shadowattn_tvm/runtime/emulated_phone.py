@@ -145,6 +145,9 @@ def start(key: str = "snapdragon-8gen3", *, kind: ServerKind | str = ServerKind.
     if old is not None and (old.tracker.alive() or old.server.alive()):
         raise PhoneError(f"an emulated phone from {state_file} is running (tracker {old.tracker_address}, "
                          f"key {old.key!r}): stop it first (`shadowattn emulated-phone stop`)")
+    for name, port in (("tracker", tracker_port), ("server", server_port)):
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port < 65536:
+            raise PhoneError(f"the {name} port must be 0..65535 (0 = any free port), got {port!r}")
     tracker_port = tracker_port or free_port(host)
     server_port = server_port or free_port(host)
     for port in (tracker_port, server_port):
