@@ -8,7 +8,12 @@ as `SplitSparseAttention` uses for the CPU module:
     adreno/<kernel>.cl       OpenCL C of one kernel (one file per distinct kernel; layers share)
     adreno/kernels.json      per kernel: file (path in the build), layers, PrimFunc arguments
                              (name, shape, dtype), __kernel name, argument order by name,
-                             grid / work-group sizes
+                             grid / work-group sizes; "cpu_only": the layers whose CPU-lane
+                             stages stay on the CPU, with the reason
+
+A block with an additive mask stays on the CPU: a mask can hide every key of a row (padding), and
+such a row must come out as the dense block gives it (softmax over every causally allowed key),
+which only the CPU's hand-written kernel computes; the GPU kernel has no dense fallback.
 
 The blocks are found the way the pipeline finds them (canonicalize, then `DetectAttention`), so
 the GPU kernels describe exactly the blocks the CPU module rewrote.
@@ -64,46 +69,48 @@ def attention_blocks(mod) -> list:
     return sorted(found, key=lambda item: item[0].layer)
 
 
+CPU_ONLY_MASKED = ("an additive mask can hide every key of a row, and the GPU kernel has no dense fallback for "
+                   "such rows: top-k and sparse attention of this block run on the CPU")
+
+
 def _variants(blocks, profile: SparsityProfile, k_min: int) -> dict:
-    """(kind, definition key) -> (generator kwargs, specialised shapes, layers)."""
+    """(kind, definition key) -> (block, specialised shapes, layers) of unmasked blocks."""
     variants: dict = {}
-    for block, q, k, v, mask in blocks:
+    for block, q, k, v, _mask in blocks:
         ratios = profile.layer(block.layer, block.num_heads, block.num_kv_heads).ratios
         top_k = max_keep_count(max(ratios), k[2], k_min)
         scores, idx = (*q[:3], k[2]), (*q[:3], top_k)
         generic = replace(block, layer=0)  # layers differ only in the number
         topk_shapes = {"S": scores, "RATIO": (block.num_heads,), "IDX": idx}
-        if mask is not None:
-            topk_shapes.update(QS=(block.num_heads,), MASK=mask)
         sparse_shapes = {"q": q, "k": k, "v": v, "idx": idx, "out": (*q[:3], v[3])}
-        if mask is not None:
-            sparse_shapes["mask"] = mask
         for kind, shapes in (("topk", topk_shapes), ("sparse_attention", sparse_shapes)):
             key = (kind, generic, tuple(sorted(shapes.items())))
-            entry = variants.setdefault(key, (block, k_min, shapes, mask, []))
-            entry[4].append(block.layer)
+            variants.setdefault(key, (block, shapes, []))[2].append(block.layer)
     return variants
 
 
-def _kernel(kind: str, block, k_min: int, shapes: dict, mask):
+def _kernel(kind: str, block, k_min: int, shapes: dict):
     if kind == "topk":
-        return adreno.specialize(adreno.topk_indices(block, k_min, mask), shapes)
+        return adreno.specialize(adreno.topk_indices(block, k_min), shapes)
     q, k, v, idx = shapes["q"], shapes["k"], shapes["v"], shapes["idx"]
-    return adreno.sparse_attention(block, list(q), k[2], v[3], idx[3], mask)
+    return adreno.sparse_attention(block, list(q), k[2], v[3], idx[3])
 
 
-def adreno_kernels(mod, target, profile: SparsityProfile, k_min: int) -> list[AdrenoKernel]:
-    """The OpenCL kernels of every attention block of `mod` (a static-shape Relax module)."""
+def adreno_kernels(mod, target, profile: SparsityProfile, k_min: int) -> tuple[list[AdrenoKernel], dict]:
+    """The OpenCL kernels of the attention blocks of `mod` (a static-shape Relax module) and
+    {layer: reason} of the blocks whose CPU-lane stages stay on the CPU."""
+    blocks = attention_blocks(mod)
+    cpu_only = {item[0].layer: CPU_ONLY_MASKED for item in blocks if item[4] is not None}
     kernels, taken = [], {}
-    for (kind, _generic, _), (block, kmin, shapes, mask, layers) in _variants(
-            attention_blocks(mod), profile, k_min).items():
-        base = f"sat_{kind}" + ("_masked" if kind == "topk" and mask is not None else "")
+    for (kind, _generic, _), (block, shapes, layers) in _variants(
+            [item for item in blocks if item[4] is None], profile, k_min).items():
+        base = f"sat_{kind}"
         name = base if base not in taken else f"{base}_{taken[base]}"
         taken[base] = taken.get(base, 0) + 1
-        func = _kernel(kind, block, kmin, shapes, mask)
+        func = _kernel(kind, block, k_min, shapes)
         params = tuple((p.name, tuple(int(d) for d in p.ty.shape), str(p.ty.dtype)) for p in func.params)
         kernels.append(AdrenoKernel(name, tuple(layers), params, build_source({name: func}, target)))
-    return kernels
+    return kernels, cpu_only
 
 
-__all__ = ["AdrenoKernel", "DIRECTORY", "TABLE", "adreno_kernels", "attention_blocks"]
+__all__ = ["CPU_ONLY_MASKED", "AdrenoKernel", "DIRECTORY", "TABLE", "adreno_kernels", "attention_blocks"]

@@ -54,14 +54,18 @@ def _write_adreno_kernels(ctx: BuildContext) -> list:
 
     ctx.log(f"[compile] {ctx.model.name} for {ctx.device.name} gpu (OpenCL C, {ctx.device.gpu.kind.name})")
     profile = ctx.options.profile if ctx.options.profile is not None else SparsityProfile.uniform(ctx.options.keep)
-    kernels = adreno.adreno_kernels(ctx.model.mod, ctx.device.gpu, profile, ctx.options.k_min)
+    kernels, cpu_only = adreno.adreno_kernels(ctx.model.mod, ctx.device.gpu, profile, ctx.options.k_min)
     folder = ctx.out / adreno.DIRECTORY
     folder.mkdir()
     artifacts = []
     for kernel in kernels:
         (folder / f"{kernel.name}.cl").write_text(kernel.program.source)
         artifacts.append(Artifact(f"{adreno.DIRECTORY}/{kernel.name}.cl", "opencl-source", "gpu"))
-    table = {"target": json.loads(str(ctx.device.gpu)), "kernels": {k.name: k.to_json() for k in kernels}}
+    table = {"target": json.loads(str(ctx.device.gpu)), "kernels": {k.name: k.to_json() for k in kernels},
+             "cpu_only": [{"layer": layer, "reason": reason} for layer, reason in sorted(cpu_only.items())]}
+    if cpu_only:
+        ctx.log(f"[compile] {len(cpu_only)} masked attention layers keep top-k and sparse attention on the CPU "
+                f"(see {adreno.DIRECTORY}/{adreno.TABLE})")
     (folder / adreno.TABLE).write_text(json.dumps(table, indent=1) + "\n")
     return artifacts + [Artifact(f"{adreno.DIRECTORY}/{adreno.TABLE}", "opencl-kernels", "gpu")]
 

@@ -92,6 +92,7 @@ def test_adreno_kernels_are_written_as_opencl_c(tmp_path):
         "adreno/kernels.json": ("opencl-kernels", "gpu")}
     table = json.loads((out / "adreno" / "kernels.json").read_text())
     assert table["target"]["kind"] == "opencl" and table["target"]["device"] == "adreno"
+    assert table["cpu_only"] == []  # the default block has no mask
     heads, top_k = 14, 16  # the default model at 64 tokens, keep 0.2, k_min 16
     for name in ("sat_topk", "sat_sparse_attention"):
         entry = table["kernels"][name]
