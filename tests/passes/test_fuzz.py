@@ -2,7 +2,8 @@
 
 Every graph is compiled with TVM's plain pipeline and with `sat.pipeline` at keep 1.0 and 0.3:
 * no graph TVM compiles may fail to compile with the pass set;
-* keep 1.0 equals dense (rewritten or not), NaN for NaN;
+* keep 1.0 equals dense (rewritten or not), NaN for NaN; an fp16 rewrite further from dense than
+  TOL may instead be within TOL of float64 attention, when the fp16 graph is further from it;
 * keep 0.3 equals dense when the block stayed dense, else the top-k reference of the documented
   rule (`ops.topk`) ranked as the INT8 pilot ranks (within float rounding); its distance to the
   float64-ranked reference (INT8 swaps keys at the k-th boundary) is bounded by FLOAT_DRIFT_MAX
@@ -71,6 +72,13 @@ def test_random_attention_graph(fuzz_seed):
             assert not rewritten, f"{case.label()}: a near miss was rewritten"
         if keep == 1.0 or not rewritten:
             err, tol, against = _rel_err(got, dense), TOL[case.desc["dtype"]], "dense"
+            if rewritten and not err <= tol and case.desc["dtype"] == "float16":
+                # the fp16 dense graph rounds unscaled scores of tens to fp16 before exp (~1 % off
+                # exact attention); the rewrite computes them in fp32: judge it by the exact math
+                exact = _rel_err(to_canonical(case, got), topk_reference(case, 1.0, K_MIN, "float"))
+                if exact < err:
+                    err, against = exact, "float64 attention (fp16 dense is further from it)"
+                    OUTCOMES["fp16: closer to exact than dense", ""] += 1
         else:
             got = to_canonical(case, got)
             drift = _rel_err(got, topk_reference(case, keep, K_MIN, "float"))
