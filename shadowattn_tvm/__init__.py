@@ -16,8 +16,17 @@ from .passes import (AttentionReport, DetectAttention, SplitSparseAttention,  # 
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    # `sat.frontend.from_onnx(...)`: imported on first use (it pulls in TVM's ONNX importer)
+    if name == "frontend":
+        import importlib
+
+        return importlib.import_module(".frontend", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
-    "targets", "pipeline", "lowering", "DetectAttention", "SplitSparseAttention", "AttentionReport",
+    "targets", "frontend", "pipeline", "lowering", "DetectAttention", "SplitSparseAttention", "AttentionReport",
     "UnsupportedAttentionError", "NPUOptions",
     "SparsityProfile", "LayerProfile", "ProfileError", "AttentionBlock", "CausalMode", "KVMap", "ScaleMode",
 ]

@@ -226,3 +226,11 @@ def test_a_length_past_the_learned_positions_is_refused():
     np.testing.assert_allclose(_run(mod, [ids], params), expected, rtol=1e-6)
     with pytest.raises(ValueError, match=r"reads row 19 of 'P', which has 16 rows .* at most 16"):
         from_onnx(model, seq_len=20)
+
+
+def test_frontend_is_reachable_from_the_package_root():
+    import shadowattn_tvm as sat
+
+    assert sat.frontend.from_onnx is from_onnx and "frontend" in sat.__all__
+    with pytest.raises(AttributeError, match="has no attribute 'front_end'"):
+        sat.front_end  # noqa: B018
