@@ -55,7 +55,8 @@ def test_tuning_stops_cleanly_when_the_server_dies_and_resumes(doomed_host_phone
     assert not doomed_host_phone.server.alive() and doomed_host_phone.tracker.alive()
 
     kept = _records(work)
-    assert 1 <= len(kept) < 24 and f"the {len(kept)} records" in message
+    assert kept, "no record was measured before the kill"
+    assert len(kept) < 24 and f"the {len(kept)} records" in message  # stopped early, and says how many
     # trials that failed only because the device went away are not recorded as failures
     assert all(FAILED not in _run_secs(line) for line in kept)
 
