@@ -30,7 +30,7 @@ from ..builder.models import model_inputs
 from ..targets import get as get_device
 from ..targets.export import elf_machine
 from ._rpc_server_main import INFO_FUNCTION
-from .rpc_session import Endpoint, RPCUnavailable, check_available, open_session
+from .rpc_session import Endpoint, RPCUnavailable, check_available, looks_lost, open_session
 
 LABELS = {
     "emulated": "emulated (qemu-user, not a phone timing)",
@@ -191,7 +191,6 @@ def deploy(build_dir: str | Path, endpoint: Endpoint, *, seed: int = 0, number: 
 
 def _explain(phase: str, endpoint: Endpoint, err: Exception) -> str:
     text = " ".join(str(err).split())
-    lost = any(s in text.lower() for s in ("connection", "socket", "broken pipe", "closed", "reset", "rpc"))
-    head = (f"the RPC server of {endpoint.describe()} went away during {phase!r}" if lost
+    head = (f"the RPC server of {endpoint.describe()} went away during {phase!r}" if looks_lost(text)
             else f"{phase!r} failed on {endpoint.describe()}")
     return f"{head}: {text[:300]}"

@@ -21,6 +21,15 @@ class RPCUnavailable(RuntimeError):
     """No session could be opened: unreachable address, unknown key, or no free device in time."""
 
 
+_LOST_WORDS = ("rpc", "connection", "socket", "broken pipe", "closed", "reset")
+
+
+def looks_lost(message: str) -> bool:
+    """Whether an error message of TVM's RPC layer reads like a lost connection."""
+    text = message.lower()
+    return any(word in text for word in _LOST_WORDS)
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """Where to get a device: a tracker and a key, or a server address."""

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._compat import meta_schedule, tvm
-from ..runtime.rpc_session import RPCUnavailable, check_available
+from ..runtime.rpc_session import RPCUnavailable, check_available, looks_lost
 from ..targets import DeviceProfile
 from ..targets import get as get_device
 from .tune_database import TuningDatabase, workload_key
@@ -139,9 +139,6 @@ def _session(endpoint, timeout: float):
     return create
 
 
-_LOST = ("rpcunavailable", "connection", "socket", "broken pipe", "closed", "reset")
-
-
 class _Watch:
     """Notices the endpoint going away: a failed trial whose error looks like a lost connection is
     followed by a fail-fast check of the endpoint, whose RPCUnavailable ends the run."""
@@ -152,8 +149,7 @@ class _Watch:
     def check(self, runner_results) -> None:
         if self.endpoint is None or self.lost is not None:
             return
-        errors = [r.error_msg.lower() for r in runner_results if r.error_msg]
-        if not any(word in e for e in errors for word in _LOST):
+        if not any(looks_lost(r.error_msg) for r in runner_results if r.error_msg):
             return
         try:
             check_available(self.endpoint)
