@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..calibrate.profile import LayerProfile
+from ..npu_abi import select_cell
 
 #: Spread assumed when a profile has mean scales but no per-window spread (``q_scale_std`` is
 #: None): 10 % of the mean, about what calibration windows of 256 tokens show on SmolLM2.
@@ -157,18 +158,6 @@ class BucketGrid:
         heads = list(heads)
         return np.asarray([[self.q_scales[c][h] for h in heads] + [self.k_scales[c][kv_head]]
                            for c in range(self.num_cells)], np.float32)
-
-
-def select_cell(table: np.ndarray, q_actual, k_actual: float) -> int:
-    """Index of the cell of `table` (see `BucketGrid.cell_table`) nearest the launch's actual
-    scales by MSE summed over its heads; ties go to the lowest index."""
-    table = np.asarray(table, np.float64)
-    q_actual = np.asarray(q_actual, np.float64)
-    fused = table.shape[1] - 1
-    if q_actual.shape != (fused,):
-        raise ValueError(f"need {fused} actual q scales, got shape {q_actual.shape}")
-    err = ((table[:, :fused] - q_actual[None, :]) ** 2).sum(1) + fused * (table[:, fused] - float(k_actual)) ** 2
-    return int(np.argmin(err))
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..block import AttentionBlock, CausalMode, KVMap, max_keep_count
-
-_GEOMETRY = ("layer", "batch", "head0", "head_stride", "kv_head", "row0", "rows", "kv_valid", "fused", "q_rows",
-             "kv_len", "top_k", "chunk")
+from ..npu_abi import GEOMETRY as _GEOMETRY
+from ..npu_abi import geometry_dict
 
 
 class KVBucketError(ValueError):
@@ -63,10 +62,7 @@ class LaunchUnit:
 
     @classmethod
     def from_geometry(cls, geometry) -> "LaunchUnit":
-        values = [int(x) for x in geometry]
-        if len(values) != len(_GEOMETRY):
-            raise ValueError(f"a launch geometry has {len(_GEOMETRY)} fields {_GEOMETRY}, got {len(values)}")
-        return cls(**dict(zip(_GEOMETRY, values)))
+        return cls(**geometry_dict(geometry))
 
 
 def causal_offset(block: AttentionBlock, q_len: int, kv_len: int) -> int | None:

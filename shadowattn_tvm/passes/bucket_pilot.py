@@ -8,7 +8,8 @@ For each ``sat_pilot_L<i>`` -> top-k -> sparse triple it emits one private Relax
 
 * computes every head's actual scales (absmax / 127, `sat_absmax`) on the CPU;
 * per launch unit (batch row × KV group × query chunk, see `npu.units`) calls
-  ``shadowattn.npu_run(key, geometry, q, k, λQ, λK, cells, stage, graph_cell0, ...)``:
+  ``shadowattn.npu_run(key, geometry, q, k, λQ, λK, cells, graph_names, stage, graph_cell0, ...)``
+  (the calling convention is `npu_abi`'s):
   the NPU lane picks the grid cell nearest the launch's actual scales (`npu.buckets`),
   stages Q rows and the zero-padded K of the group and runs that cell's graph;
 * runs top-k on the unit's scores (ranking with the cell's scales when the block has a mask)
@@ -38,7 +39,7 @@ from ..npu.units import KVBucketError, LaunchUnit, plan_units, unit_ratio
 from ..ops import quantize as quant_ops
 from ..ops import sparse_attention as sparse_ops
 from ..ops import topk as topk_ops
-from ..runtime.lanes import NPU_RUN
+from ..npu_abi import NPU_RUN
 from .patterns import static_int
 from .split_sparse_attention import PILOT_KIND
 
@@ -240,8 +241,9 @@ class _BlockBuilder:
         ret = relax.TupleType([relax.TensorType([1, u.fused, u.q_rows, u.kv_len], "int32"),
                                relax.TensorType([u.fused], "float32"), relax.TensorType([1], "float32")])
         name = u.key.replace(".", "_")
+        names = tvm.ir.StringImm(",".join(g.name_hint for g in graphs))  # the NPU library's symbols (npu_abi)
         run = bb.emit(relax.op.call_pure_packed(NPU_RUN, tvm.ir.StringImm(u.key), relax.ShapeExpr(list(u.geometry())),
-                                                q, k, qs, ks, table, stage, *graphs, ty_args=[ret]),
+                                                q, k, qs, ks, table, names, stage, *graphs, ty_args=[ret]),
                       name_hint=f"npu_{name}")
         scores = bb.emit(relax.TupleGetItem(run, 0), name_hint=f"scores_{name}")
         q_u = self._rows(bb, q, u)

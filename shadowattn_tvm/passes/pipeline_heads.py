@@ -30,7 +30,7 @@ from .._compat import relax, tvm
 from ..block import AttentionBlock
 from ..npu.costs import CostTable, HostProfiledCosts
 from ..npu.units import LaunchUnit
-from ..runtime.lanes import NPU_LAUNCH, NPU_RUN, NPU_WAIT
+from ..npu_abi import NPU_LAUNCH, NPU_RUN, NPU_WAIT
 from ..runtime.planner import Launch, makespan, plan, serial_time
 from .bucket_pilot import NPU_BLOCK_KIND
 

@@ -1,15 +1,9 @@
 """The NPU lane and the packed functions the compiled VM program calls to use it.
 
-A program built with ``sat.pipeline(..., npu=NPUOptions())`` calls, per launch unit:
-
-* ``shadowattn.npu_launch(key, geometry, q, k, q_scale, k_scale, cells, stage, *graphs) -> handle``:
-  picks the cell of the unit's launch group nearest its actual scales (`npu.buckets.select_cell`)
-  and queues stage + that cell's graph on the NPU lane; returns at once;
-* ``shadowattn.npu_wait(handle, *inputs) -> (scores, q_scale, k_scale)``: blocks until the
-  launch is done and returns its int32 scores [1, fused, q_rows, kv_len] and the cell's scales.
-  The launch's input tensors are passed again so the VM keeps them alive until the NPU lane
-  has read them (the VM's memory planner cannot see the asynchronous read);
-* ``shadowattn.npu_run`` = wait(launch(...)): the synchronous form BucketPilot emits.
+A program built with ``sat.pipeline(..., npu=NPUOptions())`` calls ``shadowattn.npu_launch``,
+``npu_wait`` and ``npu_run`` per launch unit (signatures in `npu_abi`). This lane implements them
+on the host: it picks the cell nearest the launch's actual scales (`npu_abi.select_cell`), runs the
+staging kernel and that cell's host twin, and returns int32 scores and the cell's scales.
 
 The lane in use is the innermost ``with NPULane(...)`` block on any thread; without one, a
 serial lane runs each launch synchronously on the calling thread, so a compiled program always
@@ -41,13 +35,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._compat import tvm
-from ..npu.buckets import select_cell
 from ..npu.units import LaunchUnit
+from ..npu_abi import NPU_LAUNCH, NPU_RUN, NPU_WAIT, select_cell
 from .trace import Track, Tracer
-
-NPU_RUN = "shadowattn.npu_run"
-NPU_LAUNCH = "shadowattn.npu_launch"
-NPU_WAIT = "shadowattn.npu_wait"
 
 
 class LaneMode(str, enum.Enum):
@@ -170,7 +160,7 @@ class NPULane:
             self._execute(job)
 
     # ------------------------------------------------------------ the packed functions
-    def launch(self, key, geometry, q, k, q_scale, k_scale, cells, stage, *graphs) -> int:
+    def launch(self, key, geometry, q, k, q_scale, k_scale, cells, _graph_names, stage, *graphs) -> int:
         start = time.perf_counter_ns()
         job = _Job(next(self._handles), str(key), (geometry, q, k, q_scale, k_scale, cells, stage, graphs))
         self._jobs[job.handle] = job

@@ -16,7 +16,7 @@ from shadowattn_tvm.npu.buckets import SYNTHETIC_SPREAD
 from shadowattn_tvm.npu.reference import bucket_scales
 from shadowattn_tvm.passes import DetectAttention, SplitSparseAttention
 from shadowattn_tvm.passes.bucket_pilot import BucketPilot
-from shadowattn_tvm.runtime.lanes import NPU_RUN
+from shadowattn_tvm.npu_abi import ARG_GRAPHS, ARG_STAGE, NPU_RUN, graph_names
 from shadowattn_tvm.testing import AttentionSpec, attention_module, random_inputs, sparse_reference
 
 from ..conftest import run_module
@@ -156,9 +156,10 @@ def test_structure_graphs_and_units():
     table = bucket.graph_table().splitlines()
     assert len(table) == 19 and table[1].startswith("sat_npu_L0_f2_q32_kv32_c0")
     for run in runs:  # each launch carries all nine candidate graphs, in cell order
-        assert run.args[8].name_hint == "sat_npu_stage"
-        graphs = [a.name_hint for a in run.args[9:]]
+        assert run.args[1 + ARG_STAGE].name_hint == "sat_npu_stage"
+        graphs = [a.name_hint for a in run.args[2 + ARG_STAGE:]]
         assert len(graphs) == 9 and all(g.endswith(f"_c{i}") for i, g in enumerate(graphs))
+        assert graph_names(run.args[1 + ARG_GRAPHS].value) == graphs  # the NPU library's symbols, by cell
 
 
 def test_profile_scales_build_the_grid():

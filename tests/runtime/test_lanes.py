@@ -39,7 +39,7 @@ def _args(kernels, q_actual=(0.1, 0.1, 0.11, 0.09), k_actual=(0.5, 0.21)):
     t = lambda a, dt="float32": tvm.runtime.tensor(np.asarray(a, dt))  # noqa: E731
     cells = t([[0.5, 0.5, 0.5], [0.1, 0.1, 0.2]])  # cell 1 is nearest heads 2, 3 and KV head 1
     q, k = t(np.zeros((1, 4, 8, 16))), t(np.zeros((1, 2, 8, 16)))
-    return ("L2.b0.g1.c1", UNIT.geometry(), q, k, t(q_actual), t(k_actual), cells, kernels.stage,
+    return ("L2.b0.g1.c1", UNIT.geometry(), q, k, t(q_actual), t(k_actual), cells, "g_c0,g_c1", kernels.stage,
             kernels.graph(0), kernels.graph(1))
 
 
