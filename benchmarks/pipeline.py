@@ -83,7 +83,7 @@ def bench(tokens: int, keep: float, k_min: int, repeat: int, kv_step: int, trace
         "tokens": tokens, "launches": len(plan.order), "graphs": len(build.graphs), "compile_s": compile_s,
         "rounds": rounds, "serial_ms": best_s, "pipelined_ms": best_p, "ratio": best_p / best_s, "identical": identical,
         "planner_ms": plan.planner_ms, "predicted_ratio": plan.makespan_ms / plan.serial_ms,
-        "cost_npu_ms": sum(c.npu_ms for c in plan.costs.costs), "cost_cpu_ms": sum(c.cpu_ms for c in plan.costs.costs),
+        "cost_npu_ms": sum(u.npu_ms for u in plan.units), "cost_cpu_ms": sum(u.cpu_ms for u in plan.units),
         "overlap_ms": overlap_us(trace) / 1e3, "trace": trace_path,
         "replay_serial_ms": replay_serial, "replay_pipelined_ms": replay_pipelined,
         "replay_ratio": replay_pipelined / replay_serial,

@@ -1,6 +1,6 @@
 """Cost tables for the launch planner: NPU-lane and CPU-lane time of every launch unit.
 
-`PipelineHeads` orders launches from these (Johnson's rule, `runtime.planner`). Each model is a
+`PipelineHeads` orders launches from these (Johnson's rule, `npu.planner`). Each model is a
 frozen dataclass with ``table(units, block) -> CostTable``; the table says where it came from:
 
 * `HostProfiledCosts`: for host runs. Builds the units' kernels for the host (stage + host twin

@@ -17,6 +17,7 @@ import numpy as np
 
 from .._compat import relax, tvm
 from ..demo import DEFAULT_SPEC, key_value_table
+from ..ir_attrs import layer_plans, npu_graphs
 from ..demo import _inputs as demo_inputs  # the demo's activations: same data as `shadowattn demo`
 from ..ops import reference
 from ..testing import AttentionSpec, attention_module, sparse_reference
@@ -45,20 +46,21 @@ def calibration_stats(spec: AttentionSpec, seed: int = 1, windows: int = 4) -> S
 class PipelinedBuild:
     executable: object
     options: NPUOptions
-    graphs: tuple  # passes.bucket_pilot.GraphEntry
-    plans: tuple  # passes.pipeline_heads.LayerPlan
+    graphs: dict  # ir_attrs.npu_graphs: name -> bucket parameters
+    plans: tuple  # ir_attrs.LayerPlan
 
 
 def build_pipelined(spec: AttentionSpec, keep: float, k_min: int, stats: ScaleStats, kv_step: int = 256,
                     costs=None, target=None) -> PipelinedBuild:
-    from ..passes import pipeline
+    from ..passes import lowering, pipeline
 
     target = target or host_target()
     ladder = tuple(range(kv_step, max(4096, spec.kv_length) + 1, kv_step))
     options = NPUOptions(kv_buckets=ladder, stats=stats, costs=costs or HostProfiledCosts(target=target))
-    passes = pipeline(keep=keep, k_min=k_min, npu=options)
-    ex = tvm.compile(attention_module(spec), target=target, relax_pipeline=passes)
-    return PipelinedBuild(ex, options, tuple(passes.bucket_pilot.graphs), tuple(passes.pipeline_heads.plans))
+    with target:
+        mod = pipeline(keep=keep, k_min=k_min, npu=options, lower=False)(attention_module(spec))
+    ex = tvm.compile(mod, target=target, relax_pipeline=lowering())
+    return PipelinedBuild(ex, options, npu_graphs(mod), tuple(layer_plans(mod)))
 
 
 @dataclass
@@ -135,7 +137,7 @@ def run_pipelined_demo(tokens: int = 1024, keep: float = 0.2, k_min: int = 16, r
         identical=bool(np.array_equal(outs[LaneMode.SERIAL], outs[LaneMode.PIPELINED])),
         max_err_vs_reference=float(np.abs(outs[LaneMode.PIPELINED] - expected).max()), recall=recall,
         serial_ms=best[LaneMode.SERIAL] * 1e3, pipelined_ms=best[LaneMode.PIPELINED] * 1e3,
-        planner_ms=plan.planner_ms, cost_source=plan.costs.source.value, trace=trace,
+        planner_ms=plan.planner_ms, cost_source=plan.cost_source, trace=trace,
     )
 
 

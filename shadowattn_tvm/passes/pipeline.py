@@ -38,11 +38,15 @@ def lowering(target=None, database: TuningDatabase | str | Path | None = None) -
 
     Usable alone for a scheduled dense build: ``tvm.compile(mod, relax_pipeline=sat.lowering())``.
     database: tuning logs (`TuningDatabase` or its directory) applied before the default schedules
-    on CPUs; the returned pass's ``.tuning`` (`ApplyTuningDatabase`) lists what they scheduled.
+    on CPUs; the returned pass's ``.tuning`` (`ApplyTuningDatabase`) lists what they scheduled. To
+    lower the output of ``p = pipeline(..., lower=False)``, pass ``database=p.tuning``.
     """
-    if database is not None and not isinstance(database, TuningDatabase):
-        database = TuningDatabase(database)
-    tuning = None if database is None else ApplyTuningDatabase(database, target)
+    if isinstance(database, ApplyTuningDatabase):  # a pipeline's own (`.tuning`): lower what it ran
+        tuning = database
+    else:
+        if database is not None and not isinstance(database, TuningDatabase):
+            database = TuningDatabase(database)
+        tuning = None if database is None else ApplyTuningDatabase(database, target)
 
     @tvm.transform.module_pass(opt_level=0, name="ShadowAttnLowering")
     def _lower(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
@@ -108,7 +112,9 @@ def pipeline(
     lower: append TVM's default lowering (False returns the shadowAttn-level IR).
     dump_ir: a directory; the IR after each phase is written there as TVMScript.
     npu: run the NPU-lane phases 3 (BucketPilot) and 4 (PipelineHeads) with these options; the
-        compiled program then needs static shapes and calls the NPU lane (`runtime.lanes`).
+        compiled program then needs static shapes and calls the NPU lane (`npu_abi`). Their
+        results are IR attributes (`ir_attrs.layer_plans`, `ir_attrs.npu_graphs` of the
+        ``lower=False`` output).
     tune_logs: a MetaSchedule database directory (`shadowattn tune`) or `TuningDatabase`: tuned
         kernels replace shipped ones where their records are faster (see the module docstring).
     """
@@ -129,8 +135,7 @@ def pipeline(
         ("2_split", SplitSparseAttention(profile, k_min=k_min, scale_mode=scale_mode, report=report)),
     ]
     if npu is not None:
-        bucket, schedule = BucketPilot(npu, profile, k_min=k_min), PipelineHeads(npu.costs)
-        phases += [("3_bucket", bucket), ("4_pipeline", schedule)]
+        phases += [("3_bucket", BucketPilot(npu, profile, k_min=k_min)), ("4_pipeline", PipelineHeads(npu.costs))]
     database = tune_logs if tune_logs is None or isinstance(tune_logs, TuningDatabase) else TuningDatabase(tune_logs)
     lower_pass = lowering(database=database)
     if database is not None:  # only sparse kernels whose record wins take the tunable form
@@ -158,9 +163,6 @@ def pipeline(
 
     _pipeline.report = report  # type: ignore[attr-defined]
     _pipeline.tuning = lower_pass.tuning  # type: ignore[attr-defined]
-    if npu is not None:  # after a run: .bucket_pilot.graphs (GraphEntry), .pipeline_heads.plans (LayerPlan)
-        _pipeline.bucket_pilot = bucket  # type: ignore[attr-defined]
-        _pipeline.pipeline_heads = schedule  # type: ignore[attr-defined]
     return _pipeline
 
 

@@ -5,7 +5,7 @@ functions (``shadowattn.kind == "npu_block"``) whose launches are ``shadowattn.n
 
 Each launch unit's NPU time (stage + bucket graph) and CPU time (top-k + sparse attention) come
 from a cost model (`npu.costs`: profiled on the host for host runs, a labelled device model for
-phones); the greedy planner (`runtime.planner.plan`, Johnson's rule, the paper's Algorithm 1)
+phones); the greedy planner (`npu.planner.plan`, Johnson's rule, the paper's Algorithm 1)
 orders the units. The block is then rescheduled as
 
     what the launches read (the heads' actual scales)
@@ -18,35 +18,23 @@ orders the units. The block is then rescheduled as
 
 so the CPU lane waits only where data flows, while the NPU lane works through the queue. The
 schedule is the order of bindings in the block function (visible in the printed IR); the
-function gets ``shadowattn.launch_order`` and ``shadowattn.cost_source`` attributes. A second
-run finds no ``npu_run`` left and changes nothing.
+function gets the ``shadowattn.plan`` attribute (`ir_attrs.LayerPlan`: launch order, predicted
+lane times, where the costs came from). A second run finds no ``npu_run`` left and changes nothing.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 from .._compat import relax, tvm
 from ..block import AttentionBlock
-from ..npu.costs import CostTable, HostProfiledCosts
+from ..ir_attrs import PLAN, LayerPlan, UnitPlan, plan_attr
+from ..npu.costs import HostProfiledCosts
 from ..npu.units import LaunchUnit
 from ..npu_abi import NPU_LAUNCH, NPU_RUN, NPU_WAIT
-from ..runtime.planner import Launch, makespan, plan, serial_time
+from ..npu.planner import Launch, makespan, plan, serial_time
 from .bucket_pilot import NPU_BLOCK_KIND
 
 _PLAN_REPEAT = 5  # planning is microseconds: report the best of a few runs
-
-
-@dataclass(frozen=True)
-class LayerPlan:
-    """The launch order of one block and what the planner expected of it."""
-
-    layer: int
-    order: tuple  # unit keys, in launch order
-    costs: CostTable
-    makespan_ms: float  # two lanes, by the cost table
-    serial_ms: float  # one lane, by the cost table
-    planner_ms: float  # time to order the launches (Johnson's rule over the cost table)
 
 
 @tvm.transform.module_pass(opt_level=0, name="PipelineHeads")
@@ -55,11 +43,9 @@ class PipelineHeads:
 
     def __init__(self, costs=None):
         self.costs = costs if costs is not None else HostProfiledCosts()
-        self.plans: list = []  # LayerPlan per block rescheduled by the last run
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         updates = {}
-        self.plans = []
         for gv, func in mod.functions.items():
             if not isinstance(func, relax.Function) or func.attrs is None or "shadowattn.kind" not in func.attrs:
                 continue
@@ -68,14 +54,13 @@ class PipelineHeads:
             analysis = _Analysis(func)
             if not analysis.runs:
                 continue
-            layer_plan = self._plan(AttentionBlock.from_attrs(func.attrs), analysis.units())
-            self.plans.append(layer_plan)
+            layer_plan = self._plan(gv.name_hint, AttentionBlock.from_attrs(func.attrs), analysis.units())
             updates[gv] = _reschedule(func, analysis, layer_plan)
         for gv, func in updates.items():
             mod[gv] = func
         return mod
 
-    def _plan(self, block: AttentionBlock, units) -> LayerPlan:
+    def _plan(self, function: str, block: AttentionBlock, units) -> LayerPlan:
         table = self.costs.table(units, block)
         by_key = table.by_key()
         best, order = float("inf"), None
@@ -84,8 +69,9 @@ class PipelineHeads:
             launches = [Launch(u.key, by_key[u.key].npu_ms, by_key[u.key].cpu_ms) for u in units]
             order = plan(launches)
             best = min(best, time.perf_counter() - start)
-        return LayerPlan(block.layer, tuple(l.key for l in order), table, makespan(order), serial_time(order),
-                         best * 1e3)
+        return LayerPlan(block.layer, function, tuple(l.key for l in order),
+                         tuple(UnitPlan(l.key, l.npu_ms, l.cpu_ms) for l in order), makespan(order), serial_time(order),
+                         best * 1e3, table.source.value, table.label)
 
 
 def _is_run(value) -> bool:
@@ -160,8 +146,7 @@ def _reschedule(func: relax.Function, a: _Analysis, layer_plan: LayerPlan) -> re
     emit([j for j in range(len(a.bindings)) if j not in emitted])
     body = relax.SeqExpr([relax.DataflowBlock(out)], func.body.body)
     new = relax.Function(func.params, body, func.ret_ty, func.is_pure, func.attrs)
-    new = new.with_attr("shadowattn.launch_order", list(layer_plan.order))
-    return new.with_attr("shadowattn.cost_source", layer_plan.costs.source.value)
+    return new.with_attr(PLAN, plan_attr(layer_plan))
 
 
-__all__ = ["PipelineHeads", "LayerPlan"]
+__all__ = ["PipelineHeads"]

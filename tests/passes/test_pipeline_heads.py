@@ -17,8 +17,10 @@ from shadowattn_tvm.npu.reference import bucket_scales
 from shadowattn_tvm.passes import DetectAttention, SplitSparseAttention
 from shadowattn_tvm.passes.bucket_pilot import BucketPilot
 from shadowattn_tvm.passes.pipeline_heads import PipelineHeads
-from shadowattn_tvm.runtime.lanes import NPU_LAUNCH, NPU_RUN, NPU_WAIT, LaneMode, LaneOptions, NPULane
-from shadowattn_tvm.runtime.planner import Launch, best_order_brute_force, makespan, plan
+from shadowattn_tvm.ir_attrs import layer_plans
+from shadowattn_tvm.npu_abi import NPU_LAUNCH, NPU_RUN, NPU_WAIT
+from shadowattn_tvm.runtime.lanes import LaneMode, LaneOptions, NPULane
+from shadowattn_tvm.npu.planner import Launch, best_order_brute_force, makespan, plan
 from shadowattn_tvm.testing import AttentionSpec, attention_module, random_inputs, sparse_reference
 
 SPEC = AttentionSpec(q_len=64, head_dim=16, gqa="expand", mask="causal_where")
@@ -74,7 +76,7 @@ def _events(func):
 
 def test_launches_first_in_plan_order_then_wait_topk_sparse_per_unit(scheduled):
     schedule, mod = scheduled
-    (layer_plan,) = schedule.plans
+    (layer_plan,) = layer_plans(mod)
     units = [f"L0.b0.g{g}.c{c}" for g in range(2) for c in range(4)]
     by_key = {k: (n, c) for k, n, c in COSTS.per_key}
     expected = [l.key for l in plan([Launch(k, *by_key.get(k, (2.0, 2.0))) for k in units])]
@@ -88,8 +90,8 @@ def test_launches_first_in_plan_order_then_wait_topk_sparse_per_unit(scheduled):
     # after the launches: wait(u), top-k(u), sparse(u) for each unit in plan order, nothing interleaved
     assert events[first_wait:] == [(kind, u) for u in expected for kind in ("wait", "topk", "sparse")]
     assert not any(_packed_name(b.value) == NPU_RUN for b in mod["sat_npu_block_L0"].body.blocks[0].bindings)
-    attrs = mod["sat_npu_block_L0"].attrs
-    assert list(attrs["shadowattn.launch_order"]) == expected and str(attrs["shadowattn.cost_source"]) == "given"
+    assert layer_plan.function == "sat_npu_block_L0" and layer_plan.cost_source == "given"
+    assert [u.key for u in layer_plan.units] == expected
 
 
 def test_schedule_is_visible_in_the_printed_ir(scheduled):
@@ -106,14 +108,15 @@ def test_schedule_is_visible_in_the_printed_ir(scheduled):
             calls.append(("wait", wait.group(1)))
         elif kernel:
             calls.append(("topk" if kernel.group(1) == "idx" else "sparse", kernel.group(2)))
-    keys = [k.replace(".", "_") for k in scheduled[0].plans[0].order]
+    keys = [k.replace(".", "_") for k in layer_plans(mod)[0].order]
     assert calls == [("launch", k) for k in keys] + [(kind, k) for k in keys for kind in ("wait", "topk", "sparse")]
 
 
 def test_plan_is_optimal_for_the_cost_table(scheduled):
-    (layer_plan,) = scheduled[0].plans
-    costs = layer_plan.costs.by_key()
-    launches = [Launch(k, costs[k].npu_ms, costs[k].cpu_ms) for k in layer_plan.order]
+    (layer_plan,) = layer_plans(scheduled[1])
+    by_key = {k: (n, c) for k, n, c in COSTS.per_key}
+    assert [(u.npu_ms, u.cpu_ms) for u in layer_plan.units] == [by_key.get(u.key, (2.0, 2.0)) for u in layer_plan.units]
+    launches = [Launch(u.key, u.npu_ms, u.cpu_ms) for u in layer_plan.units]
     assert layer_plan.makespan_ms == pytest.approx(makespan(launches))
     assert layer_plan.makespan_ms == pytest.approx(best_order_brute_force(launches))
     assert layer_plan.makespan_ms < layer_plan.serial_ms

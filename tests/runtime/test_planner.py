@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from shadowattn_tvm.runtime.planner import Launch, best_order_brute_force, makespan, plan, serial_time
+from shadowattn_tvm.npu.planner import Launch, best_order_brute_force, makespan, plan, serial_time
 
 
 @pytest.mark.parametrize("seed", range(25))
