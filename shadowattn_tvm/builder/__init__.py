@@ -3,86 +3,29 @@
     from shadowattn_tvm.builder import compile_to_dir
     result = compile_to_dir("snapdragon-8gen3", "build/", tokens=1024, keep=0.2)
 
-The directory gets one file per artifact writer (``cpu.so``, ``report.json``, later OpenCL and NPU
-files) and ``manifest.json`` (device, targets, inputs, options, sha256 of every file). It is
-written next to its destination and swapped in whole, so a reader never sees old and new mixed.
+`build` runs the artifact writers (`artifacts`) into a staging directory (`directory`) and writes
+``manifest.json`` (`manifest`). Names are imported on first use: `manifest` (what deploy reads)
+imports no compiler module.
 """
-from __future__ import annotations
+import importlib
 
-import datetime
-import time
-from dataclasses import dataclass
-from pathlib import Path
-
-from .._compat import tvm
-from ..calibrate.profile import SparsityProfile
-from ..passes import AttentionReport
-from ..targets import DeviceProfile
-from ..targets import get as get_device
-from . import manifest
-from .artifacts import DEFAULT_WRITERS, ArtifactWriter, BuildContext
-from .directory import BuildDirError, staging
-from .manifest import Manifest, ManifestError
-from .models import DEFAULT_TOKENS, MODELS, get_model, make_inputs
-from .options import BuildOptions, compile_model
-
-__all__ = ["compile_to_dir", "BuildResult", "BuildOptions", "BuildDirError", "Manifest", "ManifestError",
-           "ArtifactWriter", "DEFAULT_WRITERS", "MODELS", "DEFAULT_TOKENS", "get_model", "make_inputs",
-           "compile_model", "load_manifest"]
-
-load_manifest = manifest.load
+_LAZY = {
+    "compile_to_dir": ".build", "BuildResult": ".build",
+    "BuildOptions": ".options", "compile_model": ".options",
+    "BuildDirError": ".directory",
+    "Manifest": ".manifest", "ManifestError": ".manifest", "load_manifest": ".manifest",
+    "ArtifactWriter": ".artifacts", "DEFAULT_WRITERS": ".artifacts",
+    "MODELS": ".models", "DEFAULT_TOKENS": ".models", "get_model": ".models", "make_inputs": ".models",
+}
 
 
-@dataclass(frozen=True)
-class BuildResult:
-    out_dir: Path
-    manifest: dict
-    report: AttentionReport
-    seconds: float
-
-    def summary(self) -> str:
-        files = ", ".join(f"{name} ({info['bytes'] / 1024:.0f} KiB)" for name, info in self.manifest["files"].items())
-        return (f"built {self.manifest['model']['name']} for {self.manifest['device']['name']} in "
-                f"{self.seconds:.1f} s -> {self.out_dir}: {files}; {self.report.summary()}")
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(_LAZY[name], __name__)
+    value = getattr(module, "load" if name == "load_manifest" else name)
+    globals()[name] = value
+    return value
 
 
-def compile_to_dir(device: str | DeviceProfile, out_dir: str | Path, *, model: str = "default",
-                   tokens: int = DEFAULT_TOKENS, keep: float | None = 0.2, k_min: int = 16,
-                   profile: SparsityProfile | None = None, report: AttentionReport | None = None,
-                   writers: tuple = DEFAULT_WRITERS, tune_logs: str | Path | None = None, log=print) -> BuildResult:
-    """Compile `model` at `tokens` for `device` (a profile name, file or `DeviceProfile`) into `out_dir`.
-
-    keep/k_min/profile are the shadowAttn pipeline's (`sat.pipeline`); `report` is filled with the
-    attention candidates. `tune_logs`: a MetaSchedule database (`shadowattn tune`) whose records
-    schedule the kernels they beat (`passes.ApplyTuningDatabase`). Raises ValueError for unknown
-    models/devices/options or unusable tune logs, BuildDirError if `out_dir` is a non-empty
-    directory that is not a previous build.
-    """
-    from .. import __version__  # lazily: the package root may import this module while it initialises
-
-    start = time.perf_counter()
-    device = get_device(device)
-    built = get_model(model, tokens)
-    options = BuildOptions(keep=keep if profile is None else None, k_min=k_min, profile=profile,
-                           tune_logs=None if tune_logs is None else str(tune_logs))
-    report = report if report is not None else AttentionReport()
-    out_dir = Path(out_dir).expanduser().absolute()
-    with staging(out_dir) as tmp:
-        ctx = BuildContext(device=device, model=built, options=options, out=tmp, report=report, log=log)
-        artifacts = []
-        for writer in writers:
-            if writer.applies(device):
-                artifacts += writer.write(ctx)
-        data = manifest.write(tmp, {
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "versions": {"shadowattn_tvm": __version__, "tvm": tvm.__version__},
-            "device": device.to_json(),
-            "model": {"name": built.name, "tokens": tokens, "description": built.description,
-                      "config": built.config},
-            "pipeline": options.to_json(),
-            "entry": "main",
-            "inputs": [t.to_json() for t in built.inputs],
-            "outputs": [t.to_json() for t in built.outputs],
-            "report": {"summary": report.summary(), "rewritten": len(report.rewritten), "dense": len(report.dense)},
-        }, artifacts)
-    return BuildResult(out_dir=out_dir, manifest=data, report=report, seconds=time.perf_counter() - start)
+__all__ = sorted(_LAZY)

@@ -1,7 +1,8 @@
 """Artifact writers: each puts one kind of file into the (temporary) build directory.
 
-`DEFAULT_WRITERS` is the extension point: the Adreno lane writes OpenCL C when ``device.gpu`` is
-set (`builder.adreno`), the NPU lane (later) the Hexagon graph library for ``device.npu``. A
+`DEFAULT_WRITERS` is the extension point: the NPU lane writes the Hexagon graph library and the
+launch plan for ``device.npu`` (`builder.npu`), the Adreno lane OpenCL C when ``device.gpu`` is
+set (`builder.adreno`), and every build gets `reference/` (`builder.reference`). A
 writer gets the `BuildContext` and returns the `Artifact`s it wrote; the manifest lists them.
 """
 from __future__ import annotations
@@ -9,15 +10,19 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from ..calibrate.profile import SparsityProfile
+from ..npu.options import NPUOptions
 from ..passes import AttentionReport
 from ..targets import DeviceProfile
+from ..targets import get as get_device
 from ..targets.export import export_library
+from . import npu as npu_lane
+from . import reference
 from .manifest import Artifact
 from .models import ModelBuild
-from .options import BuildOptions, compile_model
+from .options import BuildOptions, compile_ir, compile_model
 
 CPU_MODULE = "cpu.so"
 REPORT = "report.json"
@@ -31,6 +36,9 @@ class BuildContext:
     out: Path  # the temporary directory being filled
     report: AttentionReport = field(default_factory=AttentionReport)
     log: Callable[[str], None] = print
+    npu: NPUOptions | None = None  # the NPU phases' options when the device has an NPU
+    ir: Any = None  # the CPU module's shadowAttn-level IR (set by the cpu-module writer; `ir_attrs`)
+    executable: Any = None  # the CPU module (set by the cpu-module writer)
 
 
 @dataclass(frozen=True)
@@ -43,9 +51,28 @@ class ArtifactWriter:
 def _write_cpu_module(ctx: BuildContext) -> list:
     ctx.log(f"[compile] {ctx.model.name} for {ctx.device.name} cpu ({ctx.device.cpu.kind.name}"
             f"{', ' + str(ctx.device.cpu.attrs['mcpu']) if 'mcpu' in ctx.device.cpu.attrs else ''})")
-    executable = compile_model(ctx.model.mod, ctx.device.cpu, ctx.options, ctx.report, log=ctx.log)
-    export_library(executable, ctx.out / CPU_MODULE, ctx.device)
+    ctx.ir, ctx.executable = compile_ir(ctx.model.mod, ctx.device.cpu, ctx.options, ctx.report, log=ctx.log,
+                                        npu=ctx.npu)
+    export_library(ctx.executable, ctx.out / CPU_MODULE, ctx.device)
     return [Artifact(CPU_MODULE, "cpu-module", "cpu")]
+
+
+def _write_npu_library(ctx: BuildContext) -> list:
+    return npu_lane.write_library(ctx.ir, ctx.device, ctx.out, ctx.log)
+
+
+def _write_npu_plan(ctx: BuildContext) -> list:
+    return npu_lane.write_plan(ctx.ir, ctx.device, ctx.out)
+
+
+def _write_reference(ctx: BuildContext) -> list:
+    """reference/: seeded data inputs and the host build's output on them (deploy compares to it)."""
+    host = get_device("host")
+    executable = ctx.executable
+    if str(ctx.device.cpu) != str(host.cpu):
+        ctx.log("[compile] reference: the same model and options for this host")
+        executable = compile_model(ctx.model.mod, host.cpu, ctx.options, npu=ctx.npu)
+    return reference.write(ctx.out, ctx.model, executable)
 
 
 def _write_adreno_kernels(ctx: BuildContext) -> list:
@@ -77,7 +104,10 @@ def _write_report(ctx: BuildContext) -> list:
 
 DEFAULT_WRITERS: tuple = (
     ArtifactWriter("cpu-module", lambda device: True, _write_cpu_module),
-    # the report is filled while the CPU module compiles, so it is written after it
+    # the report, the NPU library and the plan are read from what the CPU module's compile left
     ArtifactWriter("report", lambda device: True, _write_report),
+    ArtifactWriter("npu-library", lambda device: device.npu is not None, _write_npu_library),
+    ArtifactWriter("npu-plan", lambda device: device.npu is not None, _write_npu_plan),
     ArtifactWriter("adreno-opencl", lambda device: device.gpu is not None, _write_adreno_kernels),
+    ArtifactWriter("reference", lambda device: True, _write_reference),
 )

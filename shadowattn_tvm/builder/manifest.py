@@ -9,10 +9,23 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .models import TensorSpec
 
 FORMAT = 1
 FILENAME = "manifest.json"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple
+    dtype: str
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "TensorSpec":
+        return cls(str(data["name"]), tuple(int(d) for d in data["shape"]), str(data["dtype"]))
 
 
 class ManifestError(ValueError):

@@ -16,20 +16,7 @@ from .._compat import tvm
 
 from ..demo import DEFAULT_SPEC
 from ..testing import AttentionSpec, attention_module
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    shape: tuple
-    dtype: str
-
-    def to_json(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
-
-    @classmethod
-    def from_json(cls, data: dict) -> "TensorSpec":
-        return cls(str(data["name"]), tuple(int(d) for d in data["shape"]), str(data["dtype"]))
+from .manifest import TensorSpec
 
 
 @dataclass(frozen=True)
@@ -43,6 +30,7 @@ class ModelBuild:
     description: str
     config: dict = field(default_factory=dict, compare=False)  # JSON-able, recorded in the manifest
     weights: Callable[[], dict] | None = field(default=None, compare=False)  # input name -> array (real weights)
+    npu_stats: Callable[[], Any] | None = field(default=None, compare=False)  # ScaleStats from sample activations
 
 
 def _tensor(var_name: str, ty) -> TensorSpec:
@@ -70,8 +58,14 @@ def _default(tokens: int) -> ModelBuild:
         name="default", mod=mod, inputs=inputs, outputs=outputs,
         description=f"Qwen2-0.5B-shaped attention block ({spec.heads} q heads, {spec.kv_heads} kv heads, "
                     f"head_dim {spec.head_dim}, causal, GQA), {tokens} tokens",
-        config={k: v for k, v in spec.__dict__.items()},
+        config={k: v for k, v in spec.__dict__.items()}, npu_stats=lambda: _default_stats(spec),
     )
+
+
+def _default_stats(spec):
+    from ..npu.demo import calibration_stats  # the block's activations are its inputs: sample them
+
+    return calibration_stats(spec)
 
 
 def _smollm2(tokens: int) -> ModelBuild:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from .._compat import tvm
 from ..calibrate.profile import SparsityProfile, check_keep
-from ..passes import AttentionReport, pipeline
+from ..npu.options import NPUOptions
+from ..passes import AttentionReport, lowering, pipeline
 from ..schedules.tune_database import TuneLogsError, TuningDatabase
 
 
@@ -43,10 +44,12 @@ class BuildOptions:
         """The checked tuning database, or None; TuneLogsError (a ValueError) names the fix."""
         return None if self.tune_logs is None else TuningDatabase(self.tune_logs)
 
-    def relax_pipeline(self, report: AttentionReport | None = None, database: TuningDatabase | None = None):
+    def relax_pipeline(self, report: AttentionReport | None = None, database: TuningDatabase | None = None, *,
+                       npu: NPUOptions | None = None, lower: bool = True):
         keep = None if self.profile is not None and self.profile.layers else self.keep
         database = database if database is not None else self.database()
-        return pipeline(keep=keep, profile=self.profile, report=report, k_min=self.k_min, tune_logs=database)
+        return pipeline(keep=keep, profile=self.profile, report=report, k_min=self.k_min, tune_logs=database,
+                        npu=npu, lower=lower)
 
 
 def default_tune_logs(device_name: str) -> str | None:
@@ -55,19 +58,31 @@ def default_tune_logs(device_name: str) -> str | None:
     return str(path) if path.is_dir() else None
 
 
-def compile_model(mod, target, options: BuildOptions, report: AttentionReport | None = None, log=None):
-    """``tvm.compile`` with the shadowAttn pipeline: the one place a build's executable is made.
+def compile_ir(mod, target, options: BuildOptions, report: AttentionReport | None = None, log=None,
+               npu: NPUOptions | None = None):
+    """(the shadowAttn-level IR, the executable): the one place a build's executable is made.
 
+    The IR (before lowering) carries the passes' results (`ir_attrs`: NPU launch plans, graphs).
+    npu: run the NPU phases (BucketPilot, PipelineHeads) with these options.
     log: called with one line per tuned kernel and a coverage line when `options.tune_logs` is set.
     """
+    target = tvm.target.Target(target) if isinstance(target, str) else target
     database = options.database()
-    relax_pipeline = options.relax_pipeline(report, database)
-    executable = tvm.compile(mod, target=target, relax_pipeline=relax_pipeline)
+    phases = options.relax_pipeline(report, database, npu=npu, lower=False)
+    with target:
+        ir = phases(mod)
+    executable = tvm.compile(ir, target=target, relax_pipeline=lowering(database=phases.tuning))
     if log is not None and database is not None:
         log(f"[compile] tuning logs {database.work_dir}: {database.workloads()} workloads, {len(database)} records")
-        for line in tuning_summary(relax_pipeline.tuning, database):
+        for line in tuning_summary(phases.tuning, database):
             log(line)
-    return executable
+    return ir, executable
+
+
+def compile_model(mod, target, options: BuildOptions, report: AttentionReport | None = None, log=None,
+                  npu: NPUOptions | None = None):
+    """``tvm.compile`` with the shadowAttn pipeline (`compile_ir` without the IR)."""
+    return compile_ir(mod, target, options, report, log, npu)[1]
 
 
 def tuning_summary(tuning, database: TuningDatabase) -> list[str]:
@@ -82,4 +97,4 @@ def tuning_summary(tuning, database: TuningDatabase) -> list[str]:
     return lines
 
 
-__all__ = ["BuildOptions", "compile_model", "default_tune_logs", "tuning_summary", "TuneLogsError"]
+__all__ = ["BuildOptions", "compile_ir", "compile_model", "default_tune_logs", "tuning_summary", "TuneLogsError"]

@@ -37,7 +37,7 @@ def cross_toolchain():
 
 def test_host_build_directory(host_build):
     out = host_build.out_dir
-    assert sorted(p.name for p in out.iterdir()) == ["cpu.so", "manifest.json", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["cpu.so", "manifest.json", "reference", "report.json"]
     data = json.loads((out / "manifest.json").read_text())
     assert data["device"]["name"] == "host" and data["model"] == {**data["model"], "name": "default", "tokens": TOKENS}
     assert data["inputs"] == [{"name": "q", "shape": [1, TOKENS, 14, 64], "dtype": "float32"},
@@ -50,6 +50,19 @@ def test_host_build_directory(host_build):
     assert data["files"]["cpu.so"]["kind"] == "cpu-module"
     assert _elf_machine_field(out / "cpu.so") == 0x3E  # x86-64
     assert json.loads((out / "report.json").read_text())["summary"] == "1/1 attention blocks rewritten"
+    assert data["lanes"]["pilot"]["lane"] == "cpu" and "has no NPU" in data["lanes"]["pilot"]["reason"]
+
+
+def test_reference_is_the_build_run_on_its_seeded_inputs(host_build):
+    out = host_build.out_dir
+    inputs = np.load(out / "reference" / "inputs.npz")
+    assert list(inputs) == ["q", "k", "v"]
+    expected = make_inputs(load_manifest(out).inputs, seed=0)
+    assert all(np.array_equal(inputs[n], x) for n, x in zip("qkv", expected))
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(out / "cpu.so")), tvm.cpu())
+    got = vm["main"](*[tvm.runtime.tensor(inputs[n]) for n in "qkv"]).numpy()
+    np.testing.assert_array_equal(np.load(out / "reference" / "output.npy"), got)
+    assert json.loads((out / "reference" / "reference.json").read_text())["weights"] == []
 
 
 def test_host_build_runs_and_is_attention(host_build):
@@ -75,6 +88,21 @@ def test_aarch64_build_is_an_aarch64_shared_library(cross_toolchain, tmp_path):
     kinds = {name: info["kind"] for name, info in manifest.data["files"].items()}
     assert {n for n, k in kinds.items() if k == "opencl-source"} == {"adreno/sat_topk.cl",
                                                                      "adreno/sat_sparse_attention.cl"}
+    # the NPU lane: every pilot is a launch of a Hexagon graph in npu/, in plan.json's order
+    assert kinds["npu/graphs_v75.so"] == "npu-library" and kinds["plan.json"] == "npu-plan"
+    lib = (result.out_dir / "npu" / "graphs_v75.so").read_bytes()
+    assert int.from_bytes(lib[18:20], "little") == 0xA4  # EM_QDSP6
+    graphs = json.loads((result.out_dir / "npu" / "manifest.json").read_text())["graphs"]
+    plan = json.loads((result.out_dir / "plan.json").read_text())
+    (layer,) = plan["layers"]
+    assert plan["launches"] == len(layer["order"]) == 2  # 2 KV groups x one 64-row chunk
+    assert [u["key"] for u in layer["units"]] == layer["order"] and all(u["npu_ms"] > 0 for u in layer["units"])
+    assert "not measured" in plan["cost_source"][0]
+    assert len(graphs) == 9 and all(g["fused"] == 7 and g["kv_len"] == TOKENS for g in graphs.values())
+    pilot = manifest.data["lanes"]["pilot"]
+    assert pilot["lane"] == "npu" and pilot["launches"] == 2
+    # its reference comes from the same NPU-phase build on the host (the graphs as host twins)
+    assert np.load(result.out_dir / "reference" / "output.npy").shape == (1, TOKENS, 14, 64)
 
 
 def _adreno_only(device, out):
@@ -134,7 +162,7 @@ def test_rebuild_replaces_the_whole_directory(host_build, tmp_path):
 
 def test_failed_rebuild_keeps_the_old_build(host_build, tmp_path):
     out = _copy_of(host_build, tmp_path)
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
     def explode(ctx):
         raise RuntimeError("writer failed")
@@ -142,7 +170,7 @@ def test_failed_rebuild_keeps_the_old_build(host_build, tmp_path):
     writers = (ArtifactWriter("boom", lambda device: True, explode),) + DEFAULT_WRITERS
     with pytest.raises(RuntimeError, match="writer failed"):
         compile_to_dir("host", out, tokens=48, writers=writers, **quiet)
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["build"]
 
 

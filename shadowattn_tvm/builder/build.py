@@ -1,0 +1,103 @@
+"""`compile_to_dir`: run the artifact writers for a device into a staging directory, then the manifest.
+
+The directory gets one file per artifact writer (``cpu.so``, ``report.json``, ``npu/``,
+``plan.json``, ``adreno/``, ``reference/``) and ``manifest.json`` (device, targets, inputs,
+options, sha256 of every file). It is written next to its destination and swapped in whole, so a
+reader never sees old and new mixed.
+"""
+from __future__ import annotations
+
+import datetime
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .._compat import tvm
+from ..calibrate.profile import SparsityProfile
+from ..passes import AttentionReport
+from ..targets import DeviceProfile
+from ..targets import get as get_device
+from . import manifest
+from .artifacts import DEFAULT_WRITERS, BuildContext
+from . import npu as npu_lane
+from .directory import staging
+from .models import DEFAULT_TOKENS, get_model
+from .options import BuildOptions
+
+__all__ = ["compile_to_dir", "BuildResult"]
+
+
+def _lanes(device: DeviceProfile, ctx: BuildContext) -> dict:
+    """Where each stage of shadowAttn runs in this build (deploy and users read it)."""
+    if ctx.npu is not None:
+        from ..ir_attrs import layer_plans
+
+        launches = None if ctx.ir is None else sum(len(p.order) for p in layer_plans(ctx.ir))  # None: no CPU module
+        pilot = {"lane": "npu", "target": str(device.npu.attrs.get("mcpu", "hexagon")), "launches": launches,
+                 "library": f"{npu_lane.DIRECTORY}/", "plan": npu_lane.PLAN}
+    else:
+        pilot = {"lane": "cpu", "reason": f"{device.name} has no NPU: the INT8 pilot runs in cpu.so"}
+    return {"pilot": pilot, "topk_sparse": "cpu" if device.gpu is None else "cpu (gpu kernels in adreno/)"}
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    out_dir: Path
+    manifest: dict
+    report: AttentionReport
+    seconds: float
+
+    def summary(self) -> str:
+        groups: dict = {}  # a top-level file, or a directory with its file count
+        for name, info in self.manifest["files"].items():
+            top = name.split("/", 1)[0] + ("/" if "/" in name else "")
+            count, size = groups.get(top, (0, 0))
+            groups[top] = (count + 1, size + info["bytes"])
+        files = ", ".join(f"{name} ({f'{n} files, ' if name.endswith('/') else ''}{size / 1024:.0f} KiB)"
+                          for name, (n, size) in groups.items())
+        return (f"built {self.manifest['model']['name']} for {self.manifest['device']['name']} in "
+                f"{self.seconds:.1f} s -> {self.out_dir}: {files}; {self.report.summary()}")
+
+
+def compile_to_dir(device: str | DeviceProfile, out_dir: str | Path, *, model: str = "default",
+                   tokens: int = DEFAULT_TOKENS, keep: float | None = 0.2, k_min: int = 16,
+                   profile: SparsityProfile | None = None, report: AttentionReport | None = None,
+                   writers: tuple = DEFAULT_WRITERS, tune_logs: str | Path | None = None, log=print) -> BuildResult:
+    """Compile `model` at `tokens` for `device` (a profile name, file or `DeviceProfile`) into `out_dir`.
+
+    keep/k_min/profile are the shadowAttn pipeline's (`sat.pipeline`); `report` is filled with the
+    attention candidates. `tune_logs`: a MetaSchedule database (`shadowattn tune`) whose records
+    schedule the kernels they beat (`passes.ApplyTuningDatabase`). Raises ValueError for unknown
+    models/devices/options or unusable tune logs, BuildDirError if `out_dir` is a non-empty
+    directory that is not a previous build.
+    """
+    from .. import __version__  # lazily: the package root may import this module while it initialises
+
+    start = time.perf_counter()
+    device = get_device(device)
+    built = get_model(model, tokens)
+    options = BuildOptions(keep=keep if profile is None else None, k_min=k_min, profile=profile,
+                           tune_logs=None if tune_logs is None else str(tune_logs))
+    report = report if report is not None else AttentionReport()
+    out_dir = Path(out_dir).expanduser().absolute()
+    with staging(out_dir) as tmp:
+        npu = npu_lane.npu_options(built, options, tokens) if device.npu is not None else None
+        ctx = BuildContext(device=device, model=built, options=options, out=tmp, report=report, log=log, npu=npu)
+        artifacts = []
+        for writer in writers:
+            if writer.applies(device):
+                artifacts += writer.write(ctx)
+        data = manifest.write(tmp, {
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "versions": {"shadowattn_tvm": __version__, "tvm": tvm.__version__},
+            "device": device.to_json(),
+            "model": {"name": built.name, "tokens": tokens, "description": built.description,
+                      "config": built.config},
+            "pipeline": options.to_json(),
+            "entry": "main",
+            "inputs": [t.to_json() for t in built.inputs],
+            "outputs": [t.to_json() for t in built.outputs],
+            "report": {"summary": report.summary(), "rewritten": len(report.rewritten), "dense": len(report.dense)},
+            "lanes": _lanes(device, ctx),
+        }, artifacts)
+    return BuildResult(out_dir=out_dir, manifest=data, report=report, seconds=time.perf_counter() - start)

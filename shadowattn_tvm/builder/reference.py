@@ -1,0 +1,44 @@
+"""`reference/` of a build: seeded inputs and this host's output on them, so deploy needs no compiler.
+
+    reference/inputs.npz     the data inputs of `main` (seeded, `models.make_inputs`), by name
+    reference/output.npy     the host build's output on them (with the model's real weights)
+    reference/reference.json seed, entry, which inputs are weights (loaded from the model file at
+                             deploy, not copied: they are the model's size)
+
+The host build is the same model with the same pipeline options (NPU phases included, whose
+graphs run as host twins on the host's serial NPU lane), so a device run must match it.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from .manifest import Artifact
+from .models import model_inputs
+
+DIRECTORY = "reference"
+SEED = 0
+
+
+def write(out, model, executable, seed: int = SEED) -> list:
+    from .._compat import relax, tvm
+    from ..runtime import lanes  # noqa: F401 - registers the NPU lane functions an NPU build calls
+
+    weights = set(model.weights().keys()) if model.weights is not None else set()
+    inputs = model_inputs(model, seed)
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    output = vm["main"](*[tvm.runtime.tensor(x) for x in inputs]).numpy()
+    folder = out / DIRECTORY
+    folder.mkdir()
+    np.savez(folder / "inputs.npz", **{s.name: x for s, x in zip(model.inputs, inputs) if s.name not in weights})
+    np.save(folder / "output.npy", output)
+    (folder / "reference.json").write_text(json.dumps({
+        "seed": seed, "entry": "main", "weights": sorted(weights),
+        "made_by": "the same model and pipeline options compiled for this host (llvm), run on its serial lanes",
+    }, indent=1) + "\n")
+    return [Artifact(f"{DIRECTORY}/{name}", kind) for name, kind in
+            (("inputs.npz", "reference-inputs"), ("output.npy", "reference-output"), ("reference.json", "reference"))]
+
+
+__all__ = ["write", "DIRECTORY", "SEED"]
