@@ -34,6 +34,9 @@ with args = (DLTensor* q [F, q_rows, D], DLTensor* k [kv_len, D], DLTensor* scor
 """
 from __future__ import annotations
 
+import json
+import struct
+
 import numpy as np
 
 NPU_RUN = "shadowattn.npu_run"
@@ -75,3 +78,47 @@ def select_cell(table, q_actual, k_actual: float) -> int:
 def graph_names(text) -> list:
     """The per-cell graph names of a launch's `graphs` argument."""
     return [name for name in str(text).split(",") if name]
+
+
+# ---- the NPU service's wire protocol (`runtime.npu_service`): a 4-byte big-endian length, a JSON
+# header, then the raw little-endian bytes of the tensors its "tensors" list describes.
+
+_HEADER = struct.Struct(">I")
+MAX_HEADER = 1 << 20
+
+
+class ServiceError(RuntimeError):
+    """A request the NPU service refuses (sent back to the caller as its error)."""
+
+
+def send(sock, header: dict, arrays=()) -> None:
+    data = json.dumps(header).encode()
+    sock.sendall(_HEADER.pack(len(data)) + data + b"".join(np.ascontiguousarray(a).tobytes() for a in arrays))
+
+
+def _read(sock, n: int) -> bytes:
+    chunks, left = [], n
+    while left:
+        chunk = sock.recv(min(left, 1 << 20))
+        if not chunk:
+            raise ConnectionError("connection closed mid-message")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def receive(sock) -> tuple[dict, list]:
+    """(header, arrays) of one message; ServiceError for a malformed one (after reading it whole)."""
+    (size,) = _HEADER.unpack(_read(sock, _HEADER.size))
+    if size > MAX_HEADER:
+        raise ConnectionError(f"message header of {size} bytes: not a shadowattn NPU client")
+    try:
+        header = json.loads(_read(sock, size))
+        specs = header.get("tensors", []) if isinstance(header, dict) else None
+        if specs is None:
+            raise ValueError("the header is not a JSON object")
+        shapes = [(np.dtype(t["dtype"]), tuple(int(d) for d in t["shape"])) for t in specs]
+    except (ValueError, TypeError, KeyError) as err:
+        raise ServiceError(f"malformed request: {err}") from None
+    arrays = [np.frombuffer(_read(sock, dt.itemsize * int(np.prod(shape))), dt).reshape(shape) for dt, shape in shapes]
+    return header, arrays

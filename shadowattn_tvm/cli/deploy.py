@@ -13,7 +13,8 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser("deploy", help="run a build on a device over TVM RPC, verify it, time it",
                        description="Upload DIR/cpu.so to a device (through a tracker, or a server directly), run the "
-                                   "prefill on seeded inputs, compare with a host build of the same model, and report "
+                                   "prefill on the build's reference inputs, compare with its reference output (and, for an NPU "
+                                   "build, count the NPU launches against plan.json), and report "
                                    "time_evaluator latency (labelled when the server is emulated). Exit codes: 0 ok, "
                                    f"1 bad build or arguments, {EXIT_UNAVAILABLE} no device, {EXIT_FAILED} run failed "
                                    "or did not verify.",
@@ -27,9 +28,9 @@ def add_parser(sub) -> None:
     p.add_argument("--wait", type=float, default=60.0, help="seconds to wait for a free device (default 60)")
     p.add_argument("--repeat", type=int, default=3, help="time_evaluator repeats (default 3)")
     p.add_argument("--number", type=int, default=1, help="runs per repeat (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the generated inputs (default 0)")
-    p.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance vs the host build (default 1e-4)")
-    p.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance vs the host build (default 1e-4)")
+    p.add_argument("--trace", metavar="FILE", help="Chrome trace of an NPU build's run (default DIR/trace-<server>.json)")
+    p.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance vs the reference output (default 1e-4)")
+    p.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance vs the reference output (default 1e-4)")
     p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
     p.set_defaults(run=run)
 
@@ -50,7 +51,8 @@ def _endpoint(args, manifest):
 
 
 def run(args) -> int:
-    from ..builder import ManifestError, load_manifest
+    from ..builder.manifest import ManifestError
+    from ..builder.manifest import load as load_manifest
     from ..runtime.deploy import DeployError, Tolerance, deploy
     from ..runtime.rpc_session import RPCUnavailable
 
@@ -58,8 +60,8 @@ def run(args) -> int:
         raise SystemExit("shadowattn deploy: error: --repeat and --number must be >= 1")
     try:
         endpoint = _endpoint(args, load_manifest(args.build))
-        result = deploy(args.build, endpoint, seed=args.seed, number=args.number, repeat=args.repeat, wait=args.wait,
-                        tolerance=Tolerance(atol=args.atol, rtol=args.rtol))
+        result = deploy(args.build, endpoint, number=args.number, repeat=args.repeat, wait=args.wait,
+                        tolerance=Tolerance(atol=args.atol, rtol=args.rtol), trace=args.trace)
     except (ManifestError, ValueError) as err:
         raise SystemExit(f"shadowattn deploy: error: {err}") from None
     except RPCUnavailable as err:
@@ -72,8 +74,12 @@ def run(args) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result.to_json(), f, indent=1)
-    if not result.verified:
-        print(f"shadowattn deploy: error: output differs from the host build (max abs {result.max_abs_err:.3g})",
+    if result.npu_launches is not None and result.npu_launches != result.npu_planned:
+        print(f"shadowattn deploy: error: {result.npu_launches} NPU launches ran, plan.json has {result.npu_planned}",
               file=sys.stderr)
+        return EXIT_FAILED
+    if not result.verified:
+        print(f"shadowattn deploy: error: output differs from the build's reference (max abs "
+              f"{result.max_abs_err:.3g})", file=sys.stderr)
         return EXIT_FAILED
     return 0

@@ -1,20 +1,25 @@
-"""Deploy a build directory to a device over TVM RPC: upload, run, verify against the host, time.
+"""Deploy a build directory to a device over TVM RPC: upload, run, verify against its reference, time.
 
     result = deploy("build/", Endpoint("127.0.0.1", 9190, key="snapdragon-8gen3"))
     print(result.table())
 
-The prefill runs on the device with the model's real weights (when it has them) and deterministic
-data inputs made from its input shapes
-(seed 0 unless told); the same model is compiled for this host with the same options and run on the
-same inputs, and the outputs must agree. Latency comes from the device's own ``time_evaluator``.
+The prefill runs on the device on the build's own reference inputs (``reference/``, written by
+compile: seeded data inputs, plus the model's real weights when it has them) and must match the
+host output stored next to them. Latency comes from the device's own ``time_evaluator``.
+
+When the build's pilot runs on the NPU (``manifest.lanes.pilot``), ``npu/`` is uploaded too and
+the server's NPU runtime (`npu_abi`; on the emulated phone `_npu_client.py` backed by the NPU
+service under qemu-hexagon) loads it; the verified run's NPU launches are counted (they must
+equal ``plan.json``'s) and written as a Chrome trace.
 
 Timings are labelled by asking the server what it is: servers started by `emulated_phone` answer
 ``shadowattn.rpc_server.info`` (qemu-user or host), so their numbers are never mistaken for a
 phone's; a stock TVM server on a phone has no such function and is labelled "device".
+This module imports no compiler module (no passes, kernels or model frontends), except to read
+a model's weights from its model file when the build takes them as inputs.
 """
 from __future__ import annotations
 
-import functools
 import gc
 import json
 import time
@@ -25,18 +30,19 @@ from typing import Callable
 import numpy as np
 
 from .._compat import relax, tvm
-from ..builder import BuildOptions, compile_model, get_model, load_manifest
-from ..builder.models import model_inputs
-from ..targets import get as get_device
+from ..builder.manifest import ManifestError, load as load_manifest
 from ..targets.export import elf_machine
 from ._rpc_server_main import INFO_FUNCTION
 from .rpc_session import Endpoint, RPCUnavailable, check_available, looks_lost, open_session
+from .trace import Track, Tracer
 
 LABELS = {
     "emulated": "emulated (qemu-user, not a phone timing)",
     "host": "host CPU over RPC (not a phone timing)",
     None: "device",
 }
+NPU_TRACK_NAMES = {Track.NPU: "NPU lane (Hexagon graphs in the NPU service)",
+                   Track.CPU: "CPU lane (staging the launch's Q/K rows)"}
 
 
 class DeployError(RuntimeError):
@@ -65,6 +71,9 @@ class DeployResult:
     number: int
     repeat: int
     phases_s: dict = field(default_factory=dict)
+    npu_launches: int | None = None  # launches the NPU ran in the verified run (None: the pilot is on the CPU)
+    npu_planned: int | None = None  # plan.json's count
+    trace: str | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -74,33 +83,40 @@ class DeployResult:
             ("build / device", f"{self.build} / {self.device}"),
             ("server", f"{self.endpoint} ({self.server.get('arch', '?')}"
                        f"{', ' + self.server['emulator'] if self.server.get('emulator') else ''})"),
-            ("output vs host build (max abs)", f"{self.max_abs_err:.2e} (atol {self.tolerance.atol:g}, "
+            ("output vs reference/ (max abs)", f"{self.max_abs_err:.2e} (atol {self.tolerance.atol:g}, "
                                                f"rtol {self.tolerance.rtol:g}): "
                                                f"{'verified' if self.verified else 'MISMATCH'}"),
             (f"prefill latency [{self.label}]", f"{self.median_ms:.2f} ms median, {self.mean_ms:.2f} ms mean "
                                                 f"({self.repeat} x {self.number} runs)"),
             ("phases", ", ".join(f"{k} {v:.1f} s" for k, v in self.phases_s.items())),
         ]
+        if self.npu_launches is not None:
+            ok = "as planned" if self.npu_launches == self.npu_planned else "MISMATCH"
+            where = "emulated Hexagon (qemu-hexagon)" if self.server.get("kind") == "emulated" else "the NPU"
+            rows.insert(3, ("NPU launches", f"{self.npu_launches} executed on {where}, plan.json has "
+                                            f"{self.npu_planned}: {ok}"))
+            rows.append((f"Chrome trace [{self.label}]", self.trace))
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 
 
-@functools.lru_cache(maxsize=4)
-def _host_executable(model: str, tokens: int, options_json: str):
-    """The host build a deploy compares against (cached: deploying one build twice compiles it once)."""
-    built = get_model(model, tokens)
-    return built, compile_model(built.mod, get_device("host").cpu, BuildOptions.from_json(json.loads(options_json)))
+def _reference(manifest) -> tuple[list, np.ndarray]:
+    """(the run's inputs in `main`'s order, the expected output) from the build's reference/."""
+    folder = manifest.root / "reference"
+    try:
+        meta = json.loads((folder / "reference.json").read_text())
+        data = np.load(folder / "inputs.npz")
+        expected = np.load(folder / "output.npy")
+    except (OSError, ValueError) as err:
+        raise ManifestError(f"{manifest.root}: no usable reference/ ({err}): rebuild with `shadowattn compile`") from None
+    weights = {}
+    if meta["weights"]:
+        from ..builder.models import get_model  # the model file holds the weights (not copied into the build)
 
-
-def _host_reference(manifest, seed: int) -> tuple[list, np.ndarray]:
-    """(the run's inputs, the host build's output on them)."""
-    model = manifest.data["model"]
-    built, executable = _host_executable(model["name"], int(model["tokens"]),
-                                         json.dumps(manifest.data["pipeline"], sort_keys=True))
-    inputs = model_inputs(built, seed)
-    vm = relax.VirtualMachine(executable, tvm.cpu())
-    out = vm[manifest.data.get("entry", "main")](*[tvm.runtime.tensor(x, tvm.cpu()) for x in inputs]).numpy()
-    return inputs, out
+        built = get_model(manifest.data["model"]["name"], int(manifest.data["model"]["tokens"]))
+        weights = built.weights()
+    inputs = [weights[s.name] if s.name in weights else data[s.name] for s in manifest.inputs]
+    return inputs, expected
 
 
 def _server_info(session) -> dict:
@@ -129,31 +145,79 @@ def _phase_runner(endpoint: Endpoint, phases: dict, on_phase):
     return timed
 
 
-def _on_device(session, timed, cpu_module: Path, remote_name: str, entry: str, inputs, number: int, repeat: int):
+class _NPU:
+    """The build's NPU lane on the device: upload and load npu/, count and trace the verified run."""
+
+    def __init__(self, manifest):
+        self.pilot = manifest.data.get("lanes", {}).get("pilot", {"lane": "cpu"})
+        self.active = self.pilot.get("lane") == "npu"
+        self.manifest = manifest
+
+    def prepare(self, session, timed, prefix: str) -> None:
+        if not self.active:
+            return
+        npu = self.manifest.root / "npu"
+        library = json.loads((npu / "manifest.json").read_text())["library"]
+        try:
+            load = session.get_function("shadowattn.npu.load")
+        except Exception:  # noqa: BLE001 - a server without our NPU runtime
+            raise DeployError("the build runs its pilot on the NPU but the server has no shadowAttn NPU runtime "
+                              "(shadowattn.npu.load): start the emulated phone with its NPU service "
+                              "(`shadowattn emulated-phone start`), or compile for a device without an NPU") from None
+        timed("upload npu", lambda: (session.upload(str(npu / library), library),
+                                     session.upload(str(npu / "manifest.json"), f"{prefix}_npu_manifest.json")))
+        timed("load npu", lambda: load(f"{prefix}_npu_manifest.json"))
+        self.reset = session.get_function("shadowattn.npu.reset")
+        self.stats, self.trace = session.get_function("shadowattn.npu.stats"), session.get_function("shadowattn.npu.trace")
+        self.reset()
+
+    def collect(self) -> tuple:
+        """(launches the NPU service ran, trace events) of the run since `prepare`."""
+        if not self.active:
+            return None, []
+        return int(json.loads(self.stats())["launches"]), json.loads(self.trace())
+
+
+def _on_device(session, timed, manifest, cpu_module: Path, entry: str, inputs, number: int, repeat: int):
     """Everything that touches remote objects; they all die with this frame (closing the session)."""
+    prefix = f"shadowattn_{manifest.data['device']['name']}"
     info = timed("query", lambda: _server_info(session))
     built_for = elf_machine(cpu_module)
     if info.get("arch") and info["arch"] != built_for:
         raise DeployError(f"{cpu_module} is built for {built_for} but the server runs {info['arch']}: "
                           f"compile for the matching --device")
-    timed("upload", lambda: session.upload(str(cpu_module), remote_name))
+    npu = _NPU(manifest)
+    npu.prepare(session, timed, prefix)
+    timed("upload", lambda: session.upload(str(cpu_module), f"{prefix}_{cpu_module.name}"))
     dev = session.cpu()
-    vm = timed("load", lambda: relax.VirtualMachine(session.load_module(remote_name), dev))
+    vm = timed("load", lambda: relax.VirtualMachine(session.load_module(f"{prefix}_{cpu_module.name}"), dev))
     args = timed("inputs", lambda: [tvm.runtime.tensor(x, dev) for x in inputs])
     output = timed("run", lambda: vm[entry](*args).numpy())
+    launches, events = timed("npu stats", npu.collect)
     evaluator = timed("time", lambda: vm.time_evaluator(entry, dev, number=number, repeat=repeat)(*args))
-    return info, output, [float(r) * 1e3 for r in evaluator.results], float(evaluator.mean) * 1e3
+    return info, output, [float(r) * 1e3 for r in evaluator.results], float(evaluator.mean) * 1e3, launches, events
 
 
-def deploy(build_dir: str | Path, endpoint: Endpoint, *, seed: int = 0, number: int = 1, repeat: int = 3,
-           wait: float = 60.0, tolerance: Tolerance = Tolerance(),
+def _write_trace(path: Path, events: list, label: str) -> str:
+    tracer = Tracer(f"shadowattn deploy: NPU launches of one prefill [{label}]", NPU_TRACK_NAMES)
+    tracer.origin_ns = min((e["stage"][0] for e in events), default=0)
+    for e in events:
+        tracer.complete(Track.CPU, f"stage {e['unit']}", *e["stage"], cat="npu_stage", unit=e["unit"])
+        tracer.complete(Track.NPU, f"graph {e['unit']}", *e["npu"], cat="npu_graph", unit=e["unit"],
+                        graph=e["graph"], cell=e["cell"])
+    return str(tracer.save(path))
+
+
+def deploy(build_dir: str | Path, endpoint: Endpoint, *, number: int = 1, repeat: int = 3,
+           wait: float = 60.0, tolerance: Tolerance = Tolerance(), trace: str | Path | None = None,
            on_phase: Callable[[str], None] | None = None, log=print) -> DeployResult:
     """Run the build in `build_dir` on a device of `endpoint`; see the module docstring.
 
-    Raises ManifestError (bad build), RPCUnavailable (no session: tracker/server unreachable, key
-    unknown, no free device within `wait` s) or DeployError (the session failed mid-way).
-    `on_phase(name)` is called before each phase (progress; tests use it to kill the server).
-    The session is closed before returning or raising, so the device is free again at once.
+    trace: where the Chrome trace of an NPU build's verified run goes (default
+    ``<build>/trace-<label>.json``). Raises ManifestError (bad build), RPCUnavailable (no
+    session: tracker/server unreachable, key unknown, no free device within `wait` s) or
+    DeployError (the session failed mid-way). `on_phase(name)` is called before each phase
+    (progress; tests use it to kill the server). The session is closed before returning or raising.
     """
     manifest = load_manifest(build_dir)
     cpu_module = manifest.file_of_kind("cpu-module")
@@ -161,16 +225,14 @@ def deploy(build_dir: str | Path, endpoint: Endpoint, *, seed: int = 0, number: 
     phases: dict[str, float] = {}
     timed = _phase_runner(endpoint, phases, on_phase)
 
-    timed("check", lambda: check_available(endpoint))  # before the host compile: fail fast
-    log(f"[deploy] host reference: compiling {manifest.data['model']['name']} for this machine")
-    inputs, expected = timed("reference", lambda: _host_reference(manifest, seed))
+    inputs, expected = timed("reference", lambda: _reference(manifest))
+    timed("check", lambda: check_available(endpoint))
     log(f"[deploy] running {entry} on {endpoint.describe()}")
     session = timed("connect", lambda: open_session(endpoint, wait=wait))
     error = None
     try:
-        info, output, runs_ms, mean_ms = _on_device(session, timed, cpu_module,
-                                                    f"shadowattn_{manifest.data['device']['name']}_{cpu_module.name}",
-                                                    entry, inputs, number, repeat)
+        info, output, runs_ms, mean_ms, launches, events = _on_device(session, timed, manifest, cpu_module, entry,
+                                                                      inputs, number, repeat)
     except DeployError as err:
         error = DeployError(str(err))  # a fresh error: the original's traceback pins the session
     finally:
@@ -181,16 +243,26 @@ def deploy(build_dir: str | Path, endpoint: Endpoint, *, seed: int = 0, number: 
     close = output.shape == expected.shape
     err = float(np.max(np.abs(output.astype(np.float64) - expected))) if close else float("inf")
     verified = close and bool(np.allclose(output, expected, atol=tolerance.atol, rtol=tolerance.rtol))
+    label = LABELS.get(info.get("kind"), LABELS[None])
+    planned = manifest.data.get("lanes", {}).get("pilot", {}).get("launches")
+    trace_path = None
+    if launches is not None:
+        trace_path = _write_trace(Path(trace) if trace else manifest.root / f"trace-{info.get('kind', 'device')}.json",
+                                  events, label)
     return DeployResult(
         build=str(manifest.root), device=manifest.data["device"]["name"], endpoint=endpoint.describe(),
-        server=info, label=LABELS.get(info.get("kind"), LABELS[None]), verified=verified, max_abs_err=err,
+        server=info, label=label, verified=verified and (launches is None or launches == planned), max_abs_err=err,
         tolerance=tolerance, mean_ms=mean_ms, median_ms=float(np.median(runs_ms)), runs_ms=runs_ms,
         number=number, repeat=repeat, phases_s={k: round(v, 3) for k, v in phases.items()},
+        npu_launches=launches, npu_planned=planned, trace=trace_path,
     )
 
 
 def _explain(phase: str, endpoint: Endpoint, err: Exception) -> str:
     text = " ".join(str(err).split())
+    npu = text.find("the NPU service at ")
+    if npu >= 0:  # the device's NPU runtime failed (its message is carried by the RPC error): name it, not the server
+        return f"{phase!r} failed on {endpoint.describe()}: {text[npu:npu + 300]}"
     head = (f"the RPC server of {endpoint.describe()} went away during {phase!r}" if looks_lost(text)
             else f"{phase!r} failed on {endpoint.describe()}")
     return f"{head}: {text[:300]}"

@@ -1,4 +1,5 @@
-"""The emulated phone: a TVM RPC tracker on 127.0.0.1 and an aarch64 RPC server under qemu-user.
+"""The emulated phone: a TVM RPC tracker on 127.0.0.1, an aarch64 RPC server under qemu-user and
+its NPU, a service running Hexagon graph libraries under qemu-hexagon (`npu_service`).
 
     state = start(key="snapdragon-8gen3")          # prepares the image on first use (cached)
     ... shadowattn deploy build/ --rpc-tracker 127.0.0.1:{state.tracker_port} --rpc-key {state.key}
@@ -63,6 +64,12 @@ class PhoneState:
     tracker: Proc
     server: Proc
     info: dict
+    npu_port: int | None = None  # the NPU service (qemu-hexagon), when the phone has one
+    npu: Proc | None = None
+
+    @property
+    def procs(self) -> list:
+        return [p for p in (self.server, self.npu, self.tracker) if p is not None]
 
     @property
     def tracker_address(self) -> str:
@@ -75,6 +82,7 @@ class PhoneState:
     def from_json(cls, data: dict) -> "PhoneState":
         data = dict(data)
         data["tracker"], data["server"] = Proc(**data["tracker"]), Proc(**data["server"])
+        data["npu"] = Proc(**data["npu"]) if data.get("npu") else None
         return cls(**data)
 
 
@@ -133,8 +141,11 @@ def _qemu_version() -> str:
 
 def start(key: str = "snapdragon-8gen3", *, kind: ServerKind | str = ServerKind.EMULATED, host: str = "127.0.0.1",
           tracker_port: int = 0, server_port: int = 0, state_file: Path | None = None,
-          timeout: float = 180.0, log=print) -> PhoneState:
-    """Start a tracker and one server registered under `key`; port 0 picks a free port.
+          timeout: float = 180.0, npu: bool | None = None, log=print) -> PhoneState:
+    """Start a tracker, the NPU service and one server registered under `key`; port 0 picks a free port.
+
+    npu: start the NPU service (`npu_service`, qemu-hexagon) and give the server its address;
+    None: for an emulated phone only (host servers start in a second for deploy's own tests).
 
     Returns when the tracker lists the server as free. Writes `state_file` (default
     ``$SHADOWATTN_PHONE_STATE``). Raises PhoneError if a phone from that state file still runs.
@@ -142,7 +153,7 @@ def start(key: str = "snapdragon-8gen3", *, kind: ServerKind | str = ServerKind.
     kind = ServerKind(kind)
     state_file = Path(state_file) if state_file is not None else settings.PHONE_STATE.get()
     old = load_state(state_file)
-    if old is not None and (old.tracker.alive() or old.server.alive()):
+    if old is not None and any(p.alive() for p in old.procs):
         raise PhoneError(f"an emulated phone from {state_file} is running (tracker {old.tracker_address}, "
                          f"key {old.key!r}): stop it first (`shadowattn emulated-phone stop`)")
     for name, port in (("tracker", tracker_port), ("server", server_port)):
@@ -164,17 +175,27 @@ def start(key: str = "snapdragon-8gen3", *, kind: ServerKind | str = ServerKind.
         info = {"emulator": None, "arch": os.uname().machine, "kind": kind.value}
 
     started = time.perf_counter()
+    npu_proc, npu_port = None, None
+    if npu if npu is not None else kind is ServerKind.EMULATED:
+        npu_port = free_port(host)
+        npu_proc = _spawn([sys.executable, "-m", "shadowattn_tvm.runtime.npu_service", "--host", host,
+                           "--port", str(npu_port)], logs / f"npu-{npu_port}.log", {**os.environ})
     tracker = _spawn([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", host, "--port", str(tracker_port),
                       "--port-end", str(tracker_port + 1), "--silent"], logs / f"tracker-{tracker_port}.log",
                      _runtime_only_env())
     server = None
     try:
         _wait("rpc tracker", lambda: _port_in_use(host, tracker_port), [tracker], 30)
+        if npu_proc is not None:  # the first start compiles the qemu driver (cached after)
+            _wait("npu service", lambda: _port_in_use(host, npu_port), [npu_proc], max(timeout, 300))
         server = _spawn([python, str(SERVER_SCRIPT), "--host", host, "--port", str(server_port),
                          "--port-end", str(server_port + 1), "--tracker", f"{host}:{tracker_port}", "--key", key,
-                         "--info", json.dumps(info)], logs / f"server-{server_port}.log", env)
+                         "--info", json.dumps({**info, "npu": npu_proc is not None}),
+                         *(["--npu", f"{host}:{npu_port}"] if npu_proc is not None else [])],
+                        logs / f"server-{server_port}.log", env)
         state = PhoneState(key=key, kind=kind.value, host=host, tracker_port=tracker_port, server_port=server_port,
-                           tracker=tracker, server=server, info=info)
+                           tracker=tracker, server=server, info={**info, "npu": npu_proc is not None},
+                           npu_port=npu_port, npu=npu_proc)
         state_file.parent.mkdir(parents=True, exist_ok=True)
         state_file.write_text(json.dumps(state.to_json(), indent=1))  # now `stop` finds them, even mid-start
 
@@ -186,13 +207,15 @@ def start(key: str = "snapdragon-8gen3", *, kind: ServerKind | str = ServerKind.
 
         _wait(f"{kind.value} rpc server (key {key!r})", registered, [tracker, server], timeout)
     except BaseException:
-        for proc in (server, tracker):
+        for proc in (server, npu_proc, tracker):
             if proc is not None:
                 _kill(proc)
         state_file.unlink(missing_ok=True)
         raise
     log(f"[phone] {kind.value} rpc server (pid {server.pid}) registered as {key!r} with tracker "
-        f"{state.tracker_address} (pid {tracker.pid}) in {time.perf_counter() - started:.1f} s; state: {state_file}")
+        f"{state.tracker_address} (pid {tracker.pid})"
+        f"{f', NPU service {host}:{npu_port} (pid {npu_proc.pid}, qemu-hexagon)' if npu_proc else ''} "
+        f"in {time.perf_counter() - started:.1f} s; state: {state_file}")
     return state
 
 
@@ -256,6 +279,11 @@ def kill_server(state: PhoneState) -> bool:
     return _kill(state.server, grace=0.0)
 
 
+def kill_npu(state: PhoneState) -> bool:
+    """Kill only the NPU service (tests: a deploy must fail cleanly when the NPU dies mid-run)."""
+    return state.npu is not None and _kill(state.npu, grace=0.0)
+
+
 def stop(state: PhoneState | None = None, *, state_file: Path | None = None, log=print) -> bool:
     """Stop the server and tracker of `state` (or of the state file); True if anything was running."""
     path = Path(state_file) if state_file is not None else settings.PHONE_STATE.get()
@@ -263,14 +291,14 @@ def stop(state: PhoneState | None = None, *, state_file: Path | None = None, log
     if state is None:
         log(f"[phone] nothing to stop: no state file {path}")
         return False
-    stopped = [_kill(state.server), _kill(state.tracker)]
+    stopped = [_kill(proc) for proc in state.procs]
     try:
         if load_state(path) == state:
             path.unlink()
     except (OSError, PhoneError):
         pass
-    log(f"[phone] stopped server pid {state.server.pid} and tracker pid {state.tracker.pid}" if any(stopped)
-        else "[phone] was not running")
+    log(f"[phone] stopped server pid {state.server.pid}, {f'NPU service pid {state.npu.pid}, ' if state.npu else ''}"
+        f"tracker pid {state.tracker.pid}" if any(stopped) else "[phone] was not running")
     return any(stopped)
 
 
@@ -279,7 +307,9 @@ def status(state_file: Path | None = None) -> dict:
     state = load_state(state_file)
     if state is None:
         return {"running": False}
-    result = {"running": state.tracker.alive() and state.server.alive(), "key": state.key, "kind": state.kind,
+    result = {"running": all(p.alive() for p in state.procs), "key": state.key, "kind": state.kind,
+              "npu_service": None if state.npu is None else {"address": f"{state.host}:{state.npu_port}",
+                                                             "pid": state.npu.pid, "alive": state.npu.alive()},
               "tracker": state.tracker_address, "tracker_pid": state.tracker.pid, "server_pid": state.server.pid,
               "tracker_alive": state.tracker.alive(), "server_alive": state.server.alive(), "info": state.info}
     if state.tracker.alive():

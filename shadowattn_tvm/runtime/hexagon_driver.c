@@ -1,6 +1,8 @@
 /* Run functions of a TVM-built Hexagon graph library under qemu-hexagon (no Hexagon SDK).
  *
  *   hexagon_driver LIBRARY.so JOBFILE
+ *   hexagon_driver LIBRARY.so -          (serve: jobs from stdin, "ready" once, then one
+ *                                          "done SYMBOL" / "error SYMBOL ..." line per call)
  *
  * The library is the shared object `targets.hexagon.build_graph_library` links with ld.lld. A
  * static musl executable cannot dlopen, so this driver maps the library itself: it copies the
@@ -294,10 +296,15 @@ static void write_output(const Arg* arg) {
 }
 
 int main(int argc, char** argv) {
-  if (argc != 3) die(2, "usage: hexagon_driver LIBRARY.so JOBFILE", NULL);
+  if (argc != 3) die(2, "usage: hexagon_driver LIBRARY.so JOBFILE|-", NULL);
   Library lib = load_library(argv[1]);
-  FILE* job = fopen(argv[2], "r");
+  int serve = strcmp(argv[2], "-") == 0; /* the NPU service's driver loop: jobs on stdin, one reply line each */
+  FILE* job = serve ? stdin : fopen(argv[2], "r");
   if (!job) die(2, "cannot open", argv[2]);
+  if (serve) {
+    printf("ready\n");
+    fflush(stdout);
+  }
   char symbol[256];
   int nargs, calls = 0;
   while (fscanf(job, " call %255s %d", symbol, &nargs) == 2) {
@@ -316,10 +323,15 @@ int main(int argc, char** argv) {
     TVMFFIAny result;
     memset(&result, 0, sizeof result);
     result.type_index = kTVMFFINone;
-    if (fn(NULL, packed, nargs, &result) != 0) die(4, "graph function failed", symbol);
+    int failed = fn(NULL, packed, nargs, &result) != 0;
+    if (failed && !serve) die(4, "graph function failed", symbol);
     for (int i = 0; i < nargs; ++i) {
-      if (args[i].is_output) write_output(&args[i]);
+      if (args[i].is_output && !failed) write_output(&args[i]);
       free(args[i].tensor.data);
+    }
+    if (serve) { /* a failed graph is the caller's error, not the driver's: keep serving */
+      printf(failed ? "error %s failed (its message is on stderr)\n" : "done %s\n", symbol);
+      fflush(stdout);
     }
     ++calls;
   }

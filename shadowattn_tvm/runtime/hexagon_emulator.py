@@ -144,6 +144,30 @@ def _tensor_line(io: str, dtype: np.dtype, shape, path: Path) -> str:
     return f"tensor {io} {code} {bits} {len(shape)} {' '.join(str(int(d)) for d in shape)} {path}"
 
 
+def call_lines(entry, inputs: dict, tmp: Path, tag) -> tuple[list, list]:
+    """(job lines, [(path, dtype, shape)] of the outputs) of one call of graph `entry`; the inputs
+    are checked against its manifest shapes and written to files in `tmp` named after `tag`."""
+    lines, outs = [f"call {entry.symbol} {len(entry.inputs) + len(entry.outputs)}"], []
+    for info in entry.inputs:
+        if info.name not in inputs:
+            raise ValueError(f"{entry.key}: input {info.name!r} missing")
+        array = np.ascontiguousarray(inputs[info.name], dtype=info.dtype)
+        if array.shape != tuple(info.shape):
+            raise ValueError(f"{entry.key}: input {info.name} has shape {array.shape}, the graph takes {info.shape}")
+        path = tmp / f"{tag}_{info.name}.bin"
+        array.tofile(path)
+        lines.append(_tensor_line("in", array.dtype, info.shape, path))
+    for info in entry.outputs:
+        path = tmp / f"{tag}_{info.name}.out"
+        lines.append(_tensor_line("out", np.dtype(info.dtype), info.shape, path))
+        outs.append((path, np.dtype(info.dtype), tuple(info.shape)))
+    return lines, outs
+
+
+def read_outputs(outs) -> list:
+    return [np.fromfile(p, dtype=d).reshape(s) for p, d, s in outs]
+
+
 def run_calls(library, calls, *, toolchain: HexagonToolchain | None = None, timeout: float = 900,
               log=print) -> list:
     """Run graph calls [(key, {"q": array, "k": array}), ...] of `library` (a GraphLibrary or its
@@ -160,19 +184,8 @@ def run_calls(library, calls, *, toolchain: HexagonToolchain | None = None, time
             entry = lib.graphs.get(key)
             if entry is None:
                 raise KeyError(f"graph {key!r} is not in {lib.manifest_path}")
-            lines.append(f"call {entry.symbol} {len(entry.inputs) + len(entry.outputs)}")
-            for info in entry.inputs:
-                array = np.ascontiguousarray(inputs[info.name], dtype=info.dtype)
-                if array.shape != tuple(info.shape):
-                    raise ValueError(f"{key}: input {info.name} has shape {array.shape}, the graph takes {info.shape}")
-                path = tmp / f"{n}_{info.name}.bin"
-                array.tofile(path)
-                lines.append(_tensor_line("in", array.dtype, info.shape, path))
-            outs = []
-            for info in entry.outputs:
-                path = tmp / f"{n}_{info.name}.out"
-                lines.append(_tensor_line("out", np.dtype(info.dtype), info.shape, path))
-                outs.append((path, np.dtype(info.dtype), tuple(info.shape)))
+            call, outs = call_lines(entry, inputs, tmp, n)
+            lines += call
             outputs.append(outs)
         job = tmp / "job.txt"
         job.write_text("\n".join(lines) + "\n")
@@ -184,7 +197,7 @@ def run_calls(library, calls, *, toolchain: HexagonToolchain | None = None, time
         if result.returncode != 0:
             raise EmulatorError(f"qemu-hexagon exited with {result.returncode} running {lib.library_path.name}: "
                                 f"{(result.stderr or result.stdout).strip()[-2000:]}")
-        return [[np.fromfile(p, dtype=d).reshape(s) for p, d, s in outs] for outs in outputs]
+        return [read_outputs(outs) for outs in outputs]
 
 
 def run_graphs(library, inputs, **kwargs) -> dict:

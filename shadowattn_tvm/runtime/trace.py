@@ -31,8 +31,8 @@ _PID = 1
 class Tracer:
     """Collects complete events from both lanes (thread-safe)."""
 
-    def __init__(self, process: str = "shadowattn attention block"):
-        self.process = process
+    def __init__(self, process: str = "shadowattn attention block", track_names: dict | None = None):
+        self.process, self.track_names = process, track_names or TRACK_NAMES
         self.origin_ns = time.perf_counter_ns()
         self._events: list = []
         self._lock = threading.Lock()
@@ -87,7 +87,7 @@ class Tracer:
         with self._lock:
             body = sorted(self._events, key=lambda e: e["ts"])
         meta = [{"name": "process_name", "ph": "M", "pid": _PID, "tid": 0, "args": {"name": self.process}}]
-        for track, label in TRACK_NAMES.items():
+        for track, label in self.track_names.items():
             meta.append({"name": "thread_name", "ph": "M", "pid": _PID, "tid": int(track), "args": {"name": label}})
             meta.append({"name": "thread_sort_index", "ph": "M", "pid": _PID, "tid": int(track),
                          "args": {"sort_index": int(track)}})

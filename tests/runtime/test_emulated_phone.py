@@ -12,12 +12,13 @@ import pytest
 from shadowattn_tvm.cli.main import main
 from shadowattn_tvm.runtime import emulated_phone as phone
 from shadowattn_tvm.runtime.phone_image import default_image
+from shadowattn_tvm.runtime.trace import validate
 
 pytestmark = pytest.mark.emulated
 
 
 def test_phone_is_registered_and_emulated(emulated_phone):
-    assert emulated_phone.tracker.alive() and emulated_phone.server.alive()
+    assert emulated_phone.tracker.alive() and emulated_phone.server.alive() and emulated_phone.npu.alive()
     assert emulated_phone.info["arch"] == "aarch64" and emulated_phone.info["emulator"].startswith("qemu-user")
     assert default_image().is_ready()
 
@@ -33,6 +34,16 @@ def test_deploy_cli_on_the_emulated_phone(emulated_phone, phone_build, tmp_path,
     assert result["verified"] and result["label"] == "emulated (qemu-user, not a phone timing)"
     assert result["server"]["arch"] == "aarch64" and result["device"] == "snapdragon-8gen3"
     assert result["max_abs_err"] < 1e-4 and len(result["runs_ms"]) == 2
+    # every pilot ran as Hexagon code in the NPU service, as many launches as the plan has
+    plan = json.loads((phone_build / "plan.json").read_text())
+    assert result["npu_launches"] == result["npu_planned"] == plan["launches"] == 2  # 2 KV groups, one chunk
+    assert "2 executed on emulated Hexagon (qemu-hexagon), plan.json has 2: as planned" in stdout
+    trace = json.loads(open(result["trace"]).read())
+    assert validate(trace) == []
+    graphs = [e for e in trace["traceEvents"] if e.get("cat") == "npu_graph"]
+    assert sorted(e["args"]["unit"] for e in graphs) == sorted(plan["layers"][0]["order"])
+    assert all(e["args"]["graph"].startswith("sat_npu_L0_") for e in graphs)
+    assert "emulated" in next(e for e in trace["traceEvents"] if e["name"] == "process_name")["args"]["name"]
 
 
 def test_status_reports_the_queue(emulated_phone, tmp_path):
