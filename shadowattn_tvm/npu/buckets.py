@@ -71,11 +71,13 @@ class ScaleStats:
 
     @classmethod
     def from_profile(cls, layer: LayerProfile) -> "ScaleStats | None":
-        """The calibrated statistics of a profile layer, or None if it has no scales."""
+        """The calibrated statistics of a profile layer, or None if it has no scales. A spread that
+        is missing or zero everywhere (one calibration window measures none) becomes SYNTHETIC_SPREAD
+        of the mean: a grid of nine identical cells would bucket nothing."""
         if not layer.has_scales:
             return None
-        q_std = layer.q_scale_std or tuple(SYNTHETIC_SPREAD * s for s in layer.q_scales)
-        k_std = layer.k_scale_std or tuple(SYNTHETIC_SPREAD * s for s in layer.k_scales)
+        spread = lambda std, mean: std if std and any(x > 0 for x in std) else tuple(SYNTHETIC_SPREAD * s for s in mean)  # noqa: E731
+        q_std, k_std = spread(layer.q_scale_std, layer.q_scales), spread(layer.k_scale_std, layer.k_scales)
         return cls(layer.q_scales, q_std, layer.k_scales, k_std, StatsSource.PROFILE)
 
     @classmethod

@@ -99,6 +99,7 @@ def pipeline(
     dump_ir: str | Path | None = None,
     npu: NPUOptions | None = None,
     tune_logs: TuningDatabase | str | Path | None = None,
+    verify: bool = False,
 ) -> tvm.transform.Pass:
     """Build the shadowAttn pass set.
 
@@ -117,6 +118,8 @@ def pipeline(
         ``lower=False`` output).
     tune_logs: a MetaSchedule database directory (`shadowattn tune`) or `TuningDatabase`: tuned
         kernels replace shipped ones where their records are faster (see the module docstring).
+    verify: check the IR is well formed (`relax.analysis.check_well_formed`) after every phase (from
+        phase 0's normalized form on); an ill-formed module raises RuntimeError naming the phase.
     """
     if profile is None:
         if keep is None:
@@ -149,6 +152,8 @@ def pipeline(
             lower_pass.tuning.reset()
         for name, phase in phases:
             mod = phase(mod)
+            if verify:
+                _check_well_formed(mod, f"phase {name}")
             if dump_dir is not None:
                 dump_dir.mkdir(parents=True, exist_ok=True)
                 (dump_dir / f"{name}.py").write_text(mod.script(show_meta=False))
@@ -164,6 +169,12 @@ def pipeline(
     _pipeline.report = report  # type: ignore[attr-defined]
     _pipeline.tuning = lower_pass.tuning  # type: ignore[attr-defined]
     return _pipeline
+
+
+def _check_well_formed(mod: tvm.IRModule, after: str) -> None:
+    if not relax.analysis.check_well_formed(mod):
+        raise RuntimeError(f"internal error: the IR after {after} is not well formed (see TVM's log above); "
+                           "please report it with the model")
 
 
 def _tuned_wins(database: TuningDatabase, func, tuning: ApplyTuningDatabase) -> bool:

@@ -58,7 +58,8 @@ class PipelineHeads:
             updates[gv] = _reschedule(func, analysis, layer_plan)
         for gv, func in updates.items():
             mod[gv] = func
-        return mod
+        # the rebuilt functions carry no struct info on their new SeqExpr: normalise (well-formed IR)
+        return relax.transform.Normalize()(mod) if updates else mod
 
     def _plan(self, function: str, block: AttentionBlock, units) -> LayerPlan:
         table = self.costs.table(units, block)

@@ -82,6 +82,16 @@ def test_scale_statistics_from_profile_and_samples():
     stats = ScaleStats.from_profile(layer)
     assert stats.q_std == pytest.approx(tuple(SYNTHETIC_SPREAD * s for s in layer.q_scales))
     assert ScaleStats.from_profile(LayerProfile((0.2,) * 4)) is None
+    # a spread of zero everywhere (the shipped SmolLM2 profile has one) is no spread: synthetic too,
+    # else the nine grid cells would be one graph; a measured spread is kept
+    zero = LayerProfile((0.2,) * 4, q_scales=layer.q_scales, k_scales=layer.k_scales, q_scale_std=(0.0,) * 4,
+                        k_scale_std=(0.0,) * 2)
+    assert ScaleStats.from_profile(zero).k_std == pytest.approx(tuple(SYNTHETIC_SPREAD * s for s in layer.k_scales))
+    grid = BucketGrid.build(0, ScaleStats.from_profile(zero))
+    assert len({(grid.q_scales[c], grid.k_scales[c]) for c in range(grid.num_cells)}) == 9
+    measured = LayerProfile((0.2,) * 4, q_scales=layer.q_scales, k_scales=layer.k_scales,
+                            q_scale_std=(0.01,) * 4, k_scale_std=(0.0, 0.02))
+    assert ScaleStats.from_profile(measured).k_std == (0.0, 0.02)
     rng = np.random.default_rng(0)
     windows = [rng.standard_normal((1, 2, 8, 4)) * (i + 1) for i in range(3)]
     sampled = ScaleStats.from_samples(windows, windows)

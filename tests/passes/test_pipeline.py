@@ -8,6 +8,8 @@ import tvm_ffi
 
 import shadowattn_tvm as sat
 from shadowattn_tvm.calibrate import LayerProfile, ProfileError, SparsityProfile
+from shadowattn_tvm.npu import NPUOptions, ScaleStats
+from shadowattn_tvm.npu.costs import GivenCosts
 from shadowattn_tvm.testing import (AttentionSpec, attention_module, dense_reference, random_inputs,
                                     sparse_reference)
 
@@ -129,6 +131,26 @@ def test_dump_ir_writes_each_phase(tmp_path):
     assert files == ["0_canonicalize.py", "1_detect.py", "2_split.py"]
     assert "sat_attention_L0" in (tmp_path / "1_detect.py").read_text()
     assert "sat_pilot_L0" in (tmp_path / "2_split.py").read_text()
+
+
+NPU_STATS = ScaleStats(q_mean=(0.02, 0.03, 0.04, 0.05), q_std=(0.004,) * 4, k_mean=(0.06, 0.08), k_std=(0.01, 0.01))
+
+
+@pytest.mark.parametrize("spec", [s for s in FORMS if not s.symbolic and s.block().num_kv_heads == 2][:4], ids=_ids)
+def test_every_phase_leaves_well_formed_ir_with_the_npu_phases(spec):
+    spec = AttentionSpec(**{**spec.__dict__, "q_len": 32, "head_dim": 16})
+    npu = NPUOptions(kv_buckets=(16, 32), stats=NPU_STATS, costs=GivenCosts())
+    mod = sat.pipeline(keep=0.25, k_min=4, npu=npu, lower=False, verify=True)(attention_module(spec))
+    assert "sat_npu_block_L0" in {gv.name_hint for gv in mod.functions}
+    assert tvm.relax.analysis.check_well_formed(mod)
+
+
+def test_verify_names_the_phase_that_broke_the_ir(monkeypatch):
+    checks = []
+    monkeypatch.setattr(tvm.relax.analysis, "check_well_formed",
+                        lambda mod: checks.append(len(checks)) or len(checks) < 2)  # the 2nd check fails
+    with pytest.raises(RuntimeError, match=r"the IR after phase 1_detect is not well formed"):
+        sat.pipeline(keep=0.2, lower=False, verify=True)(attention_module(AttentionSpec()))
 
 
 def test_profile_for_another_model_raises_profile_error_through_tvm_compile():
