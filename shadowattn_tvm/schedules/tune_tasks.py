@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._compat import Schedule, relax, structural_hash, tirx, tvm
-from ..passes.use_tunable_kernels import UseTunableKernels
 from .cpu_generic import schedule_default
 
 SPARSE_TASK = "sparse_attention"  # the task of the sparse kernels' tunable form (kernel sat_sparse_attention_te)
@@ -72,8 +71,10 @@ def _call_counts(mod: tvm.IRModule) -> dict:
     return counts
 
 
-def tunable_module(mod: tvm.IRModule, select=None) -> tuple[tvm.IRModule, UseTunableKernels]:
+def tunable_module(mod: tvm.IRModule, select=None) -> tuple[tvm.IRModule, "UseTunableKernels"]:
     """`mod` (after phase 2) with TE sparse kernels (where `select`) and legalized ops."""
+    from ..passes.use_tunable_kernels import UseTunableKernels  # schedules sit below passes: no import cycle
+
     swap = UseTunableKernels(select)
     mod = swap(mod)
     return relax.transform.LegalizeOps()(mod), swap

@@ -23,16 +23,6 @@ from shadowattn_tvm.runtime.rpc_session import Endpoint
 quiet = dict(log=lambda _msg: None)
 
 
-def test_deploy_path_imports_no_compiler_module():
-    code = ("import sys, shadowattn_tvm.runtime.deploy, shadowattn_tvm.cli.deploy, shadowattn_tvm.runtime.npu_service; "
-            "print('\\n'.join(m for m in sys.modules if m.startswith('shadowattn_tvm')))")
-    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
-    compiler = ("passes", "ops", "schedules", "frontend", "calibrate", "evaluation", "testing", "builder.models",
-                "builder.options", "builder.build", "npu.", "targets.hexagon", "demo")
-    assert "shadowattn_tvm.runtime.deploy" in loaded
-    assert not {m for m in loaded if any(m.startswith(f"shadowattn_tvm.{c}") for c in compiler)}
-
-
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     port = phone.free_port()
