@@ -7,7 +7,9 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser("compile", help="compile a model for a device into a build directory",
                        description="Compile MODEL with the shadowAttn pass set for a device profile and write the "
-                                   "build directory: cpu.so (cross-compiled for phones), report.json, manifest.json. "
+                                   "build directory: cpu.so (cross-compiled for phones), npu/ and plan.json (devices with an NPU: the "
+                                   "Hexagon graph library every pilot launches), adreno/ (OpenCL C), reference/ (inputs "
+                                   "and the host output deploy checks against), report.json, manifest.json. "
                                    "An existing build in DIR is replaced as a whole.")
     p.add_argument("model", nargs="?", default="default",
                    help="model name (default: the embedded default attention block); "
