@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass
 
 PLAN = "shadowattn.plan"
-BUCKET = "shadowattn.bucket"  # == ops.npu_graph.BUCKET_ATTR
+BUCKET = "shadowattn.bucket"  # ops.npu_graph.BUCKET_ATTR
 
 
 @dataclass(frozen=True)

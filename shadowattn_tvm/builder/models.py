@@ -113,9 +113,11 @@ def make_inputs(inputs, seed: int = 0) -> list[np.ndarray]:
     return arrays
 
 
-def model_inputs(built: ModelBuild, seed: int = 0) -> list[np.ndarray]:
-    """Inputs for a run of `built`: its real weights where it has them, `make_inputs` for the rest."""
-    weights = built.weights() if built.weights is not None else {}
+def model_inputs(built: ModelBuild, seed: int = 0, weights: dict | None = None) -> list[np.ndarray]:
+    """Inputs for a run of `built`: its real weights (`weights`, else loaded) where it has them,
+    `make_inputs` for the rest."""
+    if weights is None:
+        weights = built.weights() if built.weights is not None else {}
     data = iter(make_inputs([s for s in built.inputs if s.name not in weights], seed))
     return [weights[s.name] if s.name in weights else next(data) for s in built.inputs]
 

@@ -25,8 +25,9 @@ def write(out, model, executable, seed: int = SEED) -> list:
     from .._compat import relax, tvm
     from ..runtime import lanes  # noqa: F401 - registers the NPU lane functions an NPU build calls
 
-    weights = set(model.weights().keys()) if model.weights is not None else set()
-    inputs = model_inputs(model, seed)
+    loaded = model.weights() if model.weights is not None else {}  # once: SmolLM2's are 540 MB
+    weights = set(loaded)
+    inputs = model_inputs(model, seed, loaded)
     vm = relax.VirtualMachine(executable, tvm.cpu())
     output = vm["main"](*[tvm.runtime.tensor(x) for x in inputs]).numpy()
     folder = out / DIRECTORY

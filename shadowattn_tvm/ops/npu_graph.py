@@ -20,8 +20,9 @@ reads them back), so a target build can derive its own variant of the same graph
 from __future__ import annotations
 
 from .._compat import T, te, tirx
+from ..ir_attrs import BUCKET
 
-BUCKET_ATTR = "shadowattn.bucket"
+BUCKET_ATTR = BUCKET  # the IR attribute the NPU library rebuilds a graph from (`ir_attrs`)
 HVX_KEYS = 32  # int32 lanes of one 128-byte HVX vector: keys per vrmpy
 HVX_DEPTH = 4  # bytes one vrmpy lane reduces: head_dim steps per vrmpy
 
