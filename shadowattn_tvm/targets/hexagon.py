@@ -90,7 +90,9 @@ def hexagon_target(arch):
     config.pop("tag", None)
     config["keys"] = list(config["keys"])
     config["mattr"] = [m for m in config["mattr"] if m.lstrip("+-") not in ("hvx-qfloat", "hvx-ieee-fp")]
-    config["mattr"] += ["-hvx-qfloat", "-hvx-ieee-fp"]
+    # long calls: a library of a whole model's graphs spans more than a direct call's +-8 MiB
+    # (R_HEX_B22_PCREL "out of range" from ld.lld on SmolLM2's 270 graphs)
+    config["mattr"] += ["-hvx-qfloat", "-hvx-ieee-fp", "+long-calls"]
     return tvm.target.Target(config)
 
 
@@ -216,7 +218,7 @@ def _link_hook(linker: str):
 
 
 def _run(cmd) -> None:
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    result = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
     if result.returncode != 0:
         raise HexagonBuildError(f"`{' '.join(cmd)}` failed: {(result.stderr or result.stdout).strip()[-2000:]}")
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -175,6 +177,20 @@ def test_library_is_one_hexagon_shared_object_for_its_arch(libraries, arch):
     assert hx.load_graph_library(lib.manifest_path) == lib
     # what the on-device runtime (and the qemu driver) must provide: TVM's error hook and libc
     assert set(lib.imports) <= {"TVMFFIErrorSetRaisedFromCStrParts", "memset", "memcpy", "memmove"}
+
+
+def test_calls_reach_across_a_whole_model_library(libraries):
+    """A direct call (R_HEX_B22_PCREL, +-8 MiB) from one graph's object to a symbol of another made
+    ld.lld fail on SmolLM2's 270 graphs; every call must carry a constant extender (_X pair)."""
+    readelf = shutil.which("llvm-readelf") or shutil.which("readelf")
+    if readelf is None:
+        pytest.skip("no readelf")
+    lib = libraries[ARCHS[0]]
+    for entry in lib.graphs.values():
+        relocs = subprocess.run([readelf, "-r", str(lib.directory / entry.object)], capture_output=True,
+                                text=True, check=True).stdout
+        assert "R_HEX_B32_PCREL_X" in relocs, entry.key
+        assert not re.search(r"R_HEX_B22_PCREL\s", relocs), f"{entry.key}: short-range call in {entry.object}"
 
 
 def test_manifest_lists_symbols_shapes_dtypes_scales_and_sizes(libraries):
