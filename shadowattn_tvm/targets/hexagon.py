@@ -35,7 +35,7 @@ from .. import settings
 from .._compat import tvm
 from ..ops.npu_graph import HVX_DEPTH, HVX_KEYS, bucket_params
 from ..schedules.hexagon import rows_per_block, schedule_bucket_graph
-from .hexagon_inspect import asm_function, code_bytes, dynamic_symbols, hvx_loop_macs
+from .hexagon_inspect import asm_function, code_bytes, dynamic_symbols, hvx_loop_macs, short_calls
 
 MANIFEST = "manifest.json"
 FORMAT = "shadowattn-hexagon-graphs/2"  # 2: K [kv_len, D] once per graph, one k_scale
@@ -347,4 +347,5 @@ def workspace_bytes(params: dict) -> int:
 
 __all__ = ["HexagonArch", "HexagonBuildError", "HexagonOptions", "GraphEntry", "GraphLibrary", "TensorInfo",
            "arch_of", "hexagon_target", "function_name", "lower", "compile_graph", "build_graph_library",
-           "load_graph_library", "find_linker", "code_bytes", "dynamic_symbols", "asm_function", "hvx_loop_macs"]
+           "load_graph_library", "find_linker", "code_bytes", "dynamic_symbols", "asm_function", "hvx_loop_macs",
+           "short_calls"]

@@ -37,6 +37,27 @@ def dynamic_symbols(path, *, defined: bool = True) -> set:
     return out
 
 
+R_HEX_B22_PCREL = 1  # a direct call: +-8 MiB, no constant extender
+
+
+def short_calls(obj: bytes) -> list:
+    """Symbols an object calls with R_HEX_B22_PCREL: calls a linker cannot resolve once a library
+    outgrows +-8 MiB (objects built with `+long-calls` have none)."""
+    sections = _sections(obj)
+    out = []
+    for _name, kind, _flags, offset, size, link, _entsize in sections:
+        if kind != 4:  # SHT_RELA
+            continue
+        symtab = sections[link]
+        strtab = sections[symtab[5]][3]
+        for i in range(size // 12):
+            _offset, info, _addend = struct.unpack_from("<IIi", obj, offset + 12 * i)
+            if info & 0xFF == R_HEX_B22_PCREL:
+                st_name, = struct.unpack_from("<I", obj, symtab[3] + 16 * (info >> 8))
+                out.append(obj[strtab + st_name:obj.index(b"\0", strtab + st_name)].decode())
+    return out
+
+
 def asm_function(asm: str, function: str) -> str:
     """The assembly of one function (from its label to its `.Lfunc_end`)."""
     match = re.search(rf"^{re.escape(function)}:\s*$(.*?)^\.Lfunc_end", asm, re.S | re.M)
