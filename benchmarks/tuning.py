@@ -79,7 +79,7 @@ def prefill_rows(database: TuningDatabase, tokens: int, keep: float, k_min: int,
     forced.baselines = {}  # every record used, whether or not it beats the shipped kernel
     runs = {}
     for name, db in (("untuned", None), ("tuned", database), ("forced", forced)):
-        pipeline = BuildOptions(keep=keep, k_min=k_min).relax_pipeline(None, db)  # what compile_model runs
+        pipeline = BuildOptions(keep=keep, k_min=k_min).relax_pipeline(db)  # what compile_model runs
         vm = relax.VirtualMachine(tvm.compile(built.mod, target=DEVICE.cpu, relax_pipeline=pipeline), tvm.cpu())
         runs[name] = (lambda f: lambda: f(*inputs))(vm["main"])
     timings = _interleaved(runs, repeat)

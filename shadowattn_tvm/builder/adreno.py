@@ -15,18 +15,16 @@ A block with an additive mask stays on the CPU: a mask can hide every key of a r
 such a row must come out as the dense block gives it (softmax over every causally allowed key),
 which only the CPU's hand-written kernel computes; the GPU kernel has no dense fallback.
 
-The blocks are found the way the pipeline finds them (canonicalize, then `DetectAttention`), so
-the GPU kernels describe exactly the blocks the CPU module rewrote.
+The blocks are read from the compiled IR (`ir_attrs.split_blocks`: what `SplitSparseAttention`
+split, with its shapes), so the GPU kernels describe exactly the blocks the CPU module rewrote.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .._compat import relax, tvm
-from ..block import AttentionBlock, max_keep_count
+from ..block import max_keep_count
 from ..calibrate.profile import SparsityProfile
-from ..passes import DetectAttention
-from ..passes.detect_attention import COMPOSITE_KIND
+from ..ir_attrs import split_blocks
 from ..schedules import adreno
 from ..targets.opencl import OpenCLProgram, build_source
 
@@ -47,26 +45,17 @@ class AdrenoKernel:
                 **self.program.to_json()}
 
 
-def _shape(ty) -> tuple:
-    dims = tuple(getattr(d, "value", None) for d in ty.shape.values)
-    if any(not isinstance(d, int) for d in dims):
-        raise ValueError(f"Adreno kernels need static shapes, got {ty.shape}")
-    return dims
-
-
-def attention_blocks(mod) -> list:
-    """[(AttentionBlock, q, k, v, mask-or-None shapes)] of the blocks the pipeline would rewrite."""
-    mod = tvm.transform.Sequential([relax.transform.Normalize(), relax.transform.FoldConstant(),
-                                    DetectAttention()])(mod)
+def attention_blocks(ir) -> list:
+    """[(AttentionBlock, q, k, v, mask-or-None shapes)] of the blocks the pipeline split in `ir`
+    (the shadowAttn-level IR, ``pipeline(lower=False)``); ValueError if a shape is not static."""
     found = []
-    for func in mod.functions.values():
-        attrs = getattr(func, "attrs", None)
-        if attrs is None or "shadowattn.kind" not in attrs or str(attrs["shadowattn.kind"]) != COMPOSITE_KIND:
-            continue
-        block = AttentionBlock.from_attrs(attrs)
-        shapes = [_shape(p.ty) for p in func.params[:4 if block.has_mask else 3]]
-        found.append((block, *shapes[:3], shapes[3] if block.has_mask else None))
-    return sorted(found, key=lambda item: item[0].layer)
+    for split in split_blocks(ir):
+        shapes = (split.q, split.k, split.v) + (() if split.mask is None else (split.mask,))
+        if not all(isinstance(d, int) for shape in shapes for d in shape):
+            raise ValueError(f"Adreno kernels need static shapes, got q {split.q}, k {split.k} in layer "
+                             f"{split.block.layer}: compile at a fixed length")
+        found.append((split.block, split.q, split.k, split.v, split.mask))
+    return found
 
 
 CPU_ONLY_MASKED = ("an additive mask can hide every key of a row, and the GPU kernel has no dense fallback for "
@@ -96,10 +85,10 @@ def _kernel(kind: str, block, k_min: int, shapes: dict):
     return adreno.sparse_attention(block, list(q), k[2], v[3], idx[3])
 
 
-def adreno_kernels(mod, target, profile: SparsityProfile, k_min: int) -> tuple[list[AdrenoKernel], dict]:
-    """The OpenCL kernels of the attention blocks of `mod` (a static-shape Relax module) and
+def adreno_kernels(ir, target, profile: SparsityProfile, k_min: int) -> tuple[list[AdrenoKernel], dict]:
+    """The OpenCL kernels of the attention blocks split in `ir` (static shapes) and
     {layer: reason} of the blocks whose CPU-lane stages stay on the CPU."""
-    blocks = attention_blocks(mod)
+    blocks = attention_blocks(ir)
     cpu_only = {item[0].layer: CPU_ONLY_MASKED for item in blocks if item[4] is not None}
     kernels, taken = [], {}
     for (kind, _generic, _), (block, shapes, layers) in _variants(

@@ -8,21 +8,22 @@ writer gets the `BuildContext` and returns the `Artifact`s it wrote; the manifes
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from ..calibrate.profile import SparsityProfile
 from ..npu.options import NPUOptions
-from ..passes import AttentionReport
+from ..ir_attrs import attention_report
 from ..targets import DeviceProfile
 from ..targets import get as get_device
 from ..targets.export import export_library
+from ..targets.lanes import lanes_of
 from . import npu as npu_lane
 from . import reference
 from .manifest import Artifact
 from .models import ModelBuild
-from .options import BuildOptions, compile_ir, compile_model
+from .options import BuildOptions, compile_model, lower_ir
 
 CPU_MODULE = "cpu.so"
 REPORT = "report.json"
@@ -34,25 +35,26 @@ class BuildContext:
     model: ModelBuild
     options: BuildOptions
     out: Path  # the temporary directory being filled
-    report: AttentionReport = field(default_factory=AttentionReport)
     log: Callable[[str], None] = print
     npu: NPUOptions | None = None  # the NPU phases' options when the device has an NPU
-    ir: Any = None  # the CPU module's shadowAttn-level IR (set by the cpu-module writer; `ir_attrs`)
+    ir: Any = None  # the CPU module's shadowAttn-level IR (`options.shadowattn_ir`): what every writer reads
     executable: Any = None  # the CPU module (set by the cpu-module writer)
 
 
 @dataclass(frozen=True)
 class ArtifactWriter:
     name: str
-    applies: Callable[[DeviceProfile], bool]
+    lane: str | None  # the `targets.lanes.Lane` name it writes for; None: every build
     write: Callable[[BuildContext], list]
+
+    def applies(self, device: DeviceProfile) -> bool:
+        return self.lane is None or self.lane in {lane.name for lane in lanes_of(device)}
 
 
 def _write_cpu_module(ctx: BuildContext) -> list:
     ctx.log(f"[compile] {ctx.model.name} for {ctx.device.name} cpu ({ctx.device.cpu.kind.name}"
             f"{', ' + str(ctx.device.cpu.attrs['mcpu']) if 'mcpu' in ctx.device.cpu.attrs else ''})")
-    ctx.ir, ctx.executable = compile_ir(ctx.model.mod, ctx.device.cpu, ctx.options, ctx.report, log=ctx.log,
-                                        npu=ctx.npu)
+    ctx.executable = lower_ir(ctx.ir, ctx.device.cpu, ctx.options, log=ctx.log)
     export_library(ctx.executable, ctx.out / CPU_MODULE, ctx.device)
     return [Artifact(CPU_MODULE, "cpu-module", "cpu")]
 
@@ -81,7 +83,7 @@ def _write_adreno_kernels(ctx: BuildContext) -> list:
 
     ctx.log(f"[compile] {ctx.model.name} for {ctx.device.name} gpu (OpenCL C, {ctx.device.gpu.kind.name})")
     profile = ctx.options.profile if ctx.options.profile is not None else SparsityProfile.uniform(ctx.options.keep)
-    kernels, cpu_only = adreno.adreno_kernels(ctx.model.mod, ctx.device.gpu, profile, ctx.options.k_min)
+    kernels, cpu_only = adreno.adreno_kernels(ctx.ir, ctx.device.gpu, profile, ctx.options.k_min)
     folder = ctx.out / adreno.DIRECTORY
     folder.mkdir()
     artifacts = []
@@ -98,16 +100,16 @@ def _write_adreno_kernels(ctx: BuildContext) -> list:
 
 
 def _write_report(ctx: BuildContext) -> list:
-    (ctx.out / REPORT).write_text(json.dumps(ctx.report.to_json(), indent=1) + "\n")
+    (ctx.out / REPORT).write_text(json.dumps(attention_report(ctx.ir).to_json(), indent=1) + "\n")
     return [Artifact(REPORT, "report")]
 
 
 DEFAULT_WRITERS: tuple = (
-    ArtifactWriter("cpu-module", lambda device: True, _write_cpu_module),
+    ArtifactWriter("cpu-module", None, _write_cpu_module),  # every device has a CPU lane (host or arm_cpu)
     # the report, the NPU library and the plan are read from what the CPU module's compile left
-    ArtifactWriter("report", lambda device: True, _write_report),
-    ArtifactWriter("npu-library", lambda device: device.npu is not None, _write_npu_library),
-    ArtifactWriter("npu-plan", lambda device: device.npu is not None, _write_npu_plan),
-    ArtifactWriter("adreno-opencl", lambda device: device.gpu is not None, _write_adreno_kernels),
-    ArtifactWriter("reference", lambda device: True, _write_reference),
+    ArtifactWriter("report", None, _write_report),
+    ArtifactWriter("npu-library", "hexagon", _write_npu_library),
+    ArtifactWriter("npu-plan", "hexagon", _write_npu_plan),
+    ArtifactWriter("adreno-opencl", "adreno", _write_adreno_kernels),
+    ArtifactWriter("reference", None, _write_reference),
 )

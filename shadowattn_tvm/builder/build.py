@@ -14,7 +14,8 @@ from pathlib import Path
 
 from .._compat import tvm
 from ..calibrate.profile import SparsityProfile
-from ..passes import AttentionReport
+from ..ir_attrs import attention_report
+from ..report import AttentionReport
 from ..targets import DeviceProfile
 from ..targets import get as get_device
 from . import manifest
@@ -22,7 +23,7 @@ from .artifacts import DEFAULT_WRITERS, BuildContext
 from . import npu as npu_lane
 from .directory import staging
 from .models import DEFAULT_TOKENS, get_model
-from .options import BuildOptions
+from .options import BuildOptions, shadowattn_ir
 
 __all__ = ["compile_to_dir", "BuildResult"]
 
@@ -32,7 +33,7 @@ def _lanes(device: DeviceProfile, ctx: BuildContext) -> dict:
     if ctx.npu is not None:
         from ..ir_attrs import layer_plans
 
-        launches = None if ctx.ir is None else sum(len(p.order) for p in layer_plans(ctx.ir))  # None: no CPU module
+        launches = sum(len(p.order) for p in layer_plans(ctx.ir))
         pilot = {"lane": "npu", "target": str(device.npu.attrs.get("mcpu", "hexagon")), "launches": launches,
                  "library": f"{npu_lane.DIRECTORY}/", "plan": npu_lane.PLAN}
     else:
@@ -61,12 +62,12 @@ class BuildResult:
 
 def compile_to_dir(device: str | DeviceProfile, out_dir: str | Path, *, model: str = "default",
                    tokens: int = DEFAULT_TOKENS, keep: float | None = 0.2, k_min: int = 16,
-                   profile: SparsityProfile | None = None, report: AttentionReport | None = None,
+                   profile: SparsityProfile | None = None,
                    writers: tuple = DEFAULT_WRITERS, tune_logs: str | Path | None = None, log=print) -> BuildResult:
     """Compile `model` at `tokens` for `device` (a profile name, file or `DeviceProfile`) into `out_dir`.
 
-    keep/k_min/profile are the shadowAttn pipeline's (`sat.pipeline`); `report` is filled with the
-    attention candidates. `tune_logs`: a MetaSchedule database (`shadowattn tune`) whose records
+    keep/k_min/profile are the shadowAttn pipeline's (`sat.pipeline`); the result's ``report`` lists
+    the attention candidates (read from the compiled IR). `tune_logs`: a MetaSchedule database (`shadowattn tune`) whose records
     schedule the kernels they beat (`passes.ApplyTuningDatabase`). Raises ValueError for unknown
     models/devices/options or unusable tune logs, BuildDirError if `out_dir` is a non-empty
     directory that is not a previous build.
@@ -78,15 +79,16 @@ def compile_to_dir(device: str | DeviceProfile, out_dir: str | Path, *, model: s
     built = get_model(model, tokens)
     options = BuildOptions(keep=keep if profile is None else None, k_min=k_min, profile=profile,
                            tune_logs=None if tune_logs is None else str(tune_logs))
-    report = report if report is not None else AttentionReport()
     out_dir = Path(out_dir).expanduser().absolute()
     with staging(out_dir) as tmp:
         npu = npu_lane.npu_options(built, options, tokens) if device.npu is not None else None
-        ctx = BuildContext(device=device, model=built, options=options, out=tmp, report=report, log=log, npu=npu)
+        ctx = BuildContext(device=device, model=built, options=options, out=tmp, log=log, npu=npu,
+                           ir=shadowattn_ir(built.mod, device.cpu, options, npu))
         artifacts = []
         for writer in writers:
             if writer.applies(device):
                 artifacts += writer.write(ctx)
+        report = attention_report(ctx.ir)
         data = manifest.write(tmp, {
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "versions": {"shadowattn_tvm": __version__, "tvm": tvm.__version__},

@@ -7,7 +7,8 @@ from pathlib import Path
 from .._compat import tvm
 from ..calibrate.profile import SparsityProfile, check_keep
 from ..npu.options import NPUOptions
-from ..passes import AttentionReport, lowering, pipeline
+from ..ir_attrs import tuning_choices
+from ..passes import lowering, pipeline
 from ..schedules.tune_database import TuneLogsError, TuningDatabase
 
 
@@ -44,12 +45,11 @@ class BuildOptions:
         """The checked tuning database, or None; TuneLogsError (a ValueError) names the fix."""
         return None if self.tune_logs is None else TuningDatabase(self.tune_logs)
 
-    def relax_pipeline(self, report: AttentionReport | None = None, database: TuningDatabase | None = None, *,
-                       npu: NPUOptions | None = None, lower: bool = True):
+    def relax_pipeline(self, database: TuningDatabase | None = None, *, npu: NPUOptions | None = None,
+                       lower: bool = True):
         keep = None if self.profile is not None and self.profile.layers else self.keep
         database = database if database is not None else self.database()
-        return pipeline(keep=keep, profile=self.profile, report=report, k_min=self.k_min, tune_logs=database,
-                        npu=npu, lower=lower)
+        return pipeline(keep=keep, profile=self.profile, k_min=self.k_min, tune_logs=database, npu=npu, lower=lower)
 
 
 def default_tune_logs(device_name: str) -> str | None:
@@ -58,31 +58,40 @@ def default_tune_logs(device_name: str) -> str | None:
     return str(path) if path.is_dir() else None
 
 
-def compile_ir(mod, target, options: BuildOptions, report: AttentionReport | None = None, log=None,
-               npu: NPUOptions | None = None):
-    """(the shadowAttn-level IR, the executable): the one place a build's executable is made.
+def shadowattn_ir(mod, target, options: BuildOptions, npu: NPUOptions | None = None):
+    """`mod` through the shadowAttn phases for `target` (``pipeline(lower=False)``): the IR whose
+    attributes carry the passes' results (`ir_attrs`: report, split blocks, NPU plans and graphs).
+    npu: run the NPU phases (BucketPilot, PipelineHeads) with these options."""
+    target = tvm.target.Target(target) if isinstance(target, str) else target
+    with target:
+        return options.relax_pipeline(npu=npu, lower=False)(mod)
 
-    The IR (before lowering) carries the passes' results (`ir_attrs`: NPU launch plans, graphs).
-    npu: run the NPU phases (BucketPilot, PipelineHeads) with these options.
-    log: called with one line per tuned kernel and a coverage line when `options.tune_logs` is set.
-    """
+
+def lower_ir(ir, target, options: BuildOptions, log=None):
+    """The executable of a `shadowattn_ir` output: phase 5, with the options' tuning database.
+    log: called with one line per tuned kernel and a coverage line when `options.tune_logs` is set
+    (read from the lowered module, `ir_attrs.tuning_choices`)."""
     target = tvm.target.Target(target) if isinstance(target, str) else target
     database = options.database()
-    phases = options.relax_pipeline(report, database, npu=npu, lower=False)
     with target:
-        ir = phases(mod)
-    executable = tvm.compile(ir, target=target, relax_pipeline=lowering(database=phases.tuning))
+        lowered = lowering(database=database)(ir)
+    executable = tvm.compile(lowered, target=target, relax_pipeline=None)  # lowered above
     if log is not None and database is not None:
         log(f"[compile] tuning logs {database.work_dir}: {database.workloads()} workloads, {len(database)} records")
-        for line in tuning_summary(phases.tuning, database):
+        for line in tuning_summary(tuning_choices(lowered), database):
             log(line)
-    return ir, executable
+    return executable
 
 
-def compile_model(mod, target, options: BuildOptions, report: AttentionReport | None = None, log=None,
-                  npu: NPUOptions | None = None):
+def compile_ir(mod, target, options: BuildOptions, log=None, npu: NPUOptions | None = None):
+    """(the shadowAttn-level IR, the executable): `shadowattn_ir`, then `lower_ir`."""
+    ir = shadowattn_ir(mod, target, options, npu)
+    return ir, lower_ir(ir, target, options, log)
+
+
+def compile_model(mod, target, options: BuildOptions, log=None, npu: NPUOptions | None = None):
     """``tvm.compile`` with the shadowAttn pipeline (`compile_ir` without the IR)."""
-    return compile_ir(mod, target, options, report, log, npu)[1]
+    return compile_ir(mod, target, options, log, npu)[1]
 
 
 def tuning_summary(tuning, database: TuningDatabase) -> list[str]:
@@ -97,4 +106,4 @@ def tuning_summary(tuning, database: TuningDatabase) -> list[str]:
     return lines
 
 
-__all__ = ["BuildOptions", "compile_ir", "compile_model", "default_tune_logs", "tuning_summary", "TuneLogsError"]
+__all__ = ["BuildOptions", "compile_ir", "lower_ir", "shadowattn_ir", "compile_model", "default_tune_logs", "tuning_summary", "TuneLogsError"]

@@ -83,9 +83,9 @@ class HookContext:
         _ACTIVE.pop()
 
 
-def hook_pipeline(hook: AttentionHook, report=None):
+def hook_pipeline(hook: AttentionHook):
     """Canonicalize, detect, route attention to the hook, then the usual lowering."""
     from ..passes import DetectAttention, lowering
 
     return tvm.transform.Sequential([relax.transform.Normalize(), relax.transform.FoldConstant(),
-                                     DetectAttention(report), hook, lowering()])
+                                     DetectAttention(), hook, lowering()])

@@ -135,7 +135,7 @@ class _HostKernels:
     """Builds (once per shape) and times the kernels of one unit shape."""
 
     def __init__(self, block: AttentionBlock, target):
-        from .. import schedules
+        from ..targets.lanes import lane_for
         from ..ops import sparse_attention as sparse_ops
         from ..ops import topk as topk_ops
         from .kernels import stage_inputs
@@ -144,7 +144,7 @@ class _HostKernels:
         causal = CausalMode.NONE if block.causal == CausalMode.NONE else CausalMode.BOTTOM_RIGHT
         self.unit_block = replace(block, num_heads=block.group, num_kv_heads=1, kv_map=KVMap.INTERLEAVE,
                                   has_mask=False, causal=causal)
-        sched = schedules.for_target(target)
+        sched = lane_for(target).kernels()
         d = block.head_dim
         self.stage = self._build(stage_inputs(block.dtype, d))
         self.topk = self._build(topk_ops.topk_indices(self.unit_block, 1))

@@ -3,9 +3,10 @@ from .apply_tuning_database import ApplyTuningDatabase
 from .bucket_pilot import BucketPilot
 from .detect_attention import DetectAttention
 from .pipeline_heads import PipelineHeads
-from .pipeline import UnsupportedAttentionError, lowering, pipeline
+from .lowering import lowering
+from .pipeline import UnsupportedAttentionError, pipeline
 from .schedule_default_cpu import ScheduleDefaultCPU
-from .report import AttentionReport, Candidate
+from ..report import AttentionReport, Candidate
 from .split_sparse_attention import SplitSparseAttention
 from .use_tunable_kernels import UseTunableKernels
 

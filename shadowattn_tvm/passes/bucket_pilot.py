@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .. import schedules
+from ..targets.lanes import lane_for
 from .._compat import PyExprMutator, constant_value, mutator, relax, tirx, tvm
 from ..block import AttentionBlock, CausalMode, KVMap
 from ..calibrate.profile import ProfileError, SparsityProfile
@@ -79,7 +79,7 @@ class BucketPilot:
                 f"the VM program, which runs on a CPU: compile for an llvm target (the phone's CPU), not "
                 f"{target.kind.name!r}"
             )
-        mod = _Bucketer(mod, pilots, self, schedules.for_target(target)).transform()
+        mod = _Bucketer(mod, pilots, self, lane_for(target).kernels()).transform()
         return relax.transform.DeadCodeElimination()(mod)
 
     def graph_table(self) -> str:

@@ -20,7 +20,8 @@ from .._compat import PyExprMutator, constant_value, mutator, relax, te, tirx, t
 from ..block import AttentionBlock, CausalMode, KVMap
 from . import patterns as P
 from .mask_eval import evaluate_closed_mask
-from .report import AttentionReport, Candidate, internal_error
+from ..ir_attrs import attention_report, with_report
+from ..report import Candidate, internal_error
 
 COMPOSITE_KIND = "attention"
 
@@ -39,14 +40,12 @@ class _Plan:
 
 @tvm.transform.module_pass(opt_level=0, name="DetectAttention")
 class DetectAttention:
-    """Outline every understood attention block; report every candidate."""
-
-    def __init__(self, report: AttentionReport | None = None):
-        self.report = report if report is not None else AttentionReport()
+    """Outline every understood attention block; report every candidate (``ir_attrs.REPORT``)."""
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         plans = {}
         layer = 0
+        report = attention_report(mod)
         for gv in sorted(mod.functions, key=lambda g: g.name_hint):
             func = mod[gv]
             if not isinstance(func, relax.Function) or func.attrs and "shadowattn.kind" in func.attrs:
@@ -63,11 +62,10 @@ class DetectAttention:
                     cand.status = "rewritten"
                     _describe(cand, plan)
                     plans[var] = plan
-                self.report.add(cand)
-        if not plans:
-            return mod
-        mod = _Rewriter(mod, plans).transform()
-        return relax.transform.DeadCodeElimination()(mod)
+                report.add(cand)
+        if plans:
+            mod = relax.transform.DeadCodeElimination()(_Rewriter(mod, plans).transform())
+        return with_report(mod, report) if report.candidates else mod  # no candidate: unchanged
 
 
 def _with_layer(block: AttentionBlock, layer: int) -> AttentionBlock:

@@ -10,7 +10,7 @@ Phase 2 of the shadowAttn pipeline; runs after `DetectAttention`. For every call
   of the V visible keys, with r_h the head's keep ratio from the profile and Skv the KV length;
 * a sparse-attention ``call_tir`` gathering those K/V rows.
 
-Kernels come from `ops/` and are scheduled for the current target by `schedules/`. The dense
+Kernels come from `ops/` and are scheduled by the current target's lane (`targets.lanes`). The dense
 composite is dropped when unused, so running the pass twice changes nothing.
 """
 from __future__ import annotations
@@ -24,9 +24,10 @@ from ..ops import pilot as pilot_ops
 from ..ops import quantize as quant_ops
 from ..ops import sparse_attention as sparse_ops
 from ..ops import topk as topk_ops
-from .. import schedules
+from ..targets.lanes import lane_for
 from .detect_attention import COMPOSITE_KIND
-from .report import AttentionReport, internal_error
+from ..ir_attrs import SplitBlock, attention_report, split_blocks, with_report, with_split_blocks
+from ..report import internal_error
 
 PILOT_KIND = "pilot"
 
@@ -35,12 +36,10 @@ PILOT_KIND = "pilot"
 class SplitSparseAttention:
     """Replace attention composites by the pilot / top-k / sparse triple."""
 
-    def __init__(self, profile: SparsityProfile, k_min: int = 16, scale_mode: ScaleMode | None = None,
-                 report: AttentionReport | None = None):
+    def __init__(self, profile: SparsityProfile, k_min: int = 16, scale_mode: ScaleMode | None = None):
         if not isinstance(profile, SparsityProfile):
             raise TypeError(f"profile must be a SparsityProfile, got {type(profile).__name__}")
         self.profile, self.k_min = profile, check_k_min(k_min)
-        self.report = report  # a block this pass cannot split stays dense and is marked here
         self.scale_mode = None if scale_mode is None else ScaleMode(scale_mode)
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
@@ -49,8 +48,12 @@ class SplitSparseAttention:
             return mod
         self.profile.check_layer_count(len(composites))
         target = tvm.target.Target.current(allow_none=True)
-        mod = _Splitter(mod, composites, self, schedules.for_target(target)).transform()
-        return relax.transform.DeadCodeElimination()(mod)
+        splitter = _Splitter(mod, composites, self, lane_for(target).kernels())
+        report = attention_report(mod)
+        mod = relax.transform.DeadCodeElimination()(splitter.transform())
+        for layer, reason in splitter.left_dense.items():  # a block this pass cannot split stays dense
+            report.mark_dense(layer, reason)
+        return with_split_blocks(with_report(mod, report), split_blocks(mod) + splitter.split)
 
     def layer_settings(self, block: AttentionBlock):
         """(ratios, q_scales, k_scales, mode) for one block, checked against the profile."""
@@ -74,6 +77,8 @@ class _Splitter(PyExprMutator):
     def __init__(self, mod, composites, owner: SplitSparseAttention, sched):
         super().__init__(mod)
         self.mod, self.composites, self.owner, self.sched = mod, composites, owner, sched
+        self.left_dense: dict = {}  # layer -> why this pass kept its composite
+        self.split: list = []  # ir_attrs.SplitBlock of every block split
 
     def transform(self) -> tvm.IRModule:
         for gv, func in self.mod.functions.items():
@@ -94,8 +99,7 @@ class _Splitter(PyExprMutator):
 
     def _leave_dense(self, call, block, reason: str):
         """Keep the composite call (its dense body runs) and say why in the report."""
-        if self.owner.report is not None:
-            self.owner.report.mark_dense(block.layer, reason)
+        self.left_dense[block.layer] = reason
         return call
 
     def _split(self, call, block, ratios, q_scales, k_scales, mode):
@@ -111,6 +115,7 @@ class _Splitter(PyExprMutator):
         pilot = self.builder_.emit(relax.Call(pilot_gv, [q, k]), name_hint="pilot")
         scores, q_scale, k_scale = (self.builder_.emit(relax.TupleGetItem(pilot, i)) for i in range(3))
         idx = self.builder_.emit(self._topk(block, scores, ratios, q_scale, k_scale, mask), name_hint="topk_idx")
+        self.split.append(SplitBlock.of(block, *(x.ty for x in (q, k, v)), None if mask is None else mask.ty))
         return self._sparse(block, q, k, v, idx, mask)
 
     def _add_kernel(self, func, name):

@@ -1,11 +1,12 @@
 """UseTunableKernels: swap hand-written sparse-attention kernels for their tunable TE form.
 
 Runs between phase 2 (SplitSparseAttention) and phase 5 (lowering), and only when MetaSchedule
-is involved: task extraction swaps every call, a compile with a tuning database swaps only the
-calls whose tuned TE kernel beats the hand-written one (`select`). The hand-written kernel is
-already scheduled TIR with symbolic shapes, so MetaSchedule has nothing to tune there; the TE
-definition (`ops.sparse_attention._sparse_attention_te`) at the call's static shapes is what a
-tuning record can match.
+is involved: task extraction swaps every call (`swap_to_tunable`), a compile with a tuning
+database swaps only the calls whose tuned TE kernel beats the hand-written one, and leaves the
+kernels it kept hand-written in the module's ``ir_attrs.TUNING`` for `ApplyTuningDatabase`.
+The hand-written kernel is already scheduled TIR with symbolic shapes, so MetaSchedule has
+nothing to tune there; the TE definition (`ops.sparse_attention._sparse_attention_te`) at the
+call's static shapes is what a tuning record can match.
 
 Precondition: static shapes at the call sites. Each sparse call is tied to its attention block
 through the data flow pilot -> top-k -> sparse (the pilot function carries the block's attrs).
@@ -16,30 +17,49 @@ from typing import Callable
 
 from .._compat import PyExprMutator, mutator, relax, tirx, tvm
 from ..block import AttentionBlock
+from ..ir_attrs import TuningChoices, with_tuning
 from ..ops.sparse_attention import _sparse_attention_te
 from .split_sparse_attention import PILOT_KIND
 
 SPARSE_KERNEL = "sat_sparse_attention"
 
 
+TUNABLE_NAME = "sat_sparse_attention (tunable form)"  # the name its tuning choices go by
+
+
 @tvm.transform.module_pass(opt_level=0, name="UseTunableKernels")
 class UseTunableKernels:
-    """Replace hand-written sparse-attention calls by the TE form where `select(te_func)` says so.
+    """Replace hand-written sparse-attention calls by the TE form where `database`'s record wins.
 
-    select: predicate on the candidate TE PrimFunc (None: swap every call). After a run,
-    ``swapped`` lists (hand-written PrimFunc, TE PrimFunc) pairs, one per swapped call.
+    database: a `TuningDatabase`, or None to swap every call (what task extraction needs).
     """
 
-    def __init__(self, select: Callable[["tirx.PrimFunc"], bool] | None = None):
-        self.select = select
-        self.swapped: list = []
+    def __init__(self, database: "TuningDatabase | None" = None):
+        self.database = database
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        self.swapped = []
-        if not any(gv.name_hint.startswith(SPARSE_KERNEL) for gv in mod.get_global_vars()):
-            return mod
-        mod = _Swapper(mod, self).transform()
-        return relax.transform.DeadCodeElimination()(mod)
+        if self.database is None:
+            return swap_to_tunable(mod)[0]
+        kept = []
+
+        def wins(te_func) -> bool:
+            choice = self.database.choice(TUNABLE_NAME, te_func)
+            if choice is None or not choice.use_tuned:
+                kept.append(choice)
+            return choice is not None and choice.use_tuned
+
+        mod = swap_to_tunable(mod, wins)[0]
+        return with_tuning(mod, TuningChoices(tuple(c for c in kept if c is not None), len(kept)))
+
+
+def swap_to_tunable(mod: tvm.IRModule, select: Callable[["tirx.PrimFunc"], bool] | None = None) -> tuple:
+    """(`mod` with the sparse calls swapped where `select(te_func)` (None: all), the
+    (hand-written PrimFunc, TE PrimFunc) pair of every swapped call)."""
+    if not any(gv.name_hint.startswith(SPARSE_KERNEL) for gv in mod.get_global_vars()):
+        return mod, []
+    swapper = _Swapper(mod, select)
+    mod = swapper.transform()
+    return relax.transform.DeadCodeElimination()(mod), swapper.swapped
 
 
 def _kind(func) -> str | None:
@@ -66,9 +86,10 @@ def te_sparse_kernel(block: AttentionBlock, args) -> "tirx.PrimFunc | None":
 
 @mutator
 class _Swapper(PyExprMutator):
-    def __init__(self, mod, owner: UseTunableKernels):
+    def __init__(self, mod, select):
         super().__init__(mod)
-        self.mod, self.owner = mod, owner
+        self.mod, self.select = mod, select
+        self.swapped: list = []
         self.block_of: dict = {}  # relax.Var -> AttentionBlock, along pilot -> top-k -> sparse
 
     def transform(self) -> tvm.IRModule:
@@ -104,11 +125,11 @@ class _Swapper(PyExprMutator):
             return call
         args = list(call.args[1].fields)
         te_func = te_sparse_kernel(block, args)
-        if te_func is None or (self.owner.select is not None and not self.owner.select(te_func)):
+        if te_func is None or (self.select is not None and not self.select(te_func)):
             return call
-        self.owner.swapped.append((self.mod[call.args[0]], te_func))
+        self.swapped.append((self.mod[call.args[0]], te_func))
         gv = self.builder_.add_func(te_func, f"{SPARSE_KERNEL}_te")
         return relax.call_tir(gv, args, call.ty)
 
 
-__all__ = ["UseTunableKernels", "SPARSE_KERNEL", "te_sparse_kernel"]
+__all__ = ["UseTunableKernels", "SPARSE_KERNEL", "TUNABLE_NAME", "swap_to_tunable", "te_sparse_kernel"]

@@ -9,10 +9,10 @@ without a baseline (e.g. a database tuned elsewhere) the record is used and the 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from .._compat import Schedule, meta_schedule, structural_hash, tirx, tvm
+from ..ir_attrs import Choice
 from .tune_tasks import normalize, workload_module
 
 WORKLOADS, RECORDS, BASELINE_FILE = "database_workload.json", "database_tuning_record.json", "shipped_baseline.json"
@@ -25,24 +25,6 @@ class TuneLogsError(ValueError):
 
 def workload_key(func: "tirx.PrimFunc") -> str:
     return str(structural_hash(workload_module(func)))
-
-
-@dataclass(frozen=True)
-class Choice:
-    """What compile does with one kernel that the database has a record for."""
-
-    name: str
-    tuned_ms: float
-    shipped_ms: float | None  # None: no baseline measured for this workload
-
-    @property
-    def use_tuned(self) -> bool:
-        return self.shipped_ms is None or self.tuned_ms < self.shipped_ms
-
-    def describe(self) -> str:
-        shipped = "no baseline" if self.shipped_ms is None else f"shipped {self.shipped_ms:.3f} ms"
-        verdict = "tuned" if self.use_tuned else "shipped kept"
-        return f"{self.name}: {verdict} (record {self.tuned_ms:.3f} ms, {shipped})"
 
 
 class TuningDatabase:

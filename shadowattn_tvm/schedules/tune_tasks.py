@@ -1,7 +1,7 @@
 """Tuning tasks taken from a compiled model: the PrimFuncs its lowering would run.
 
 The model goes through the shadowAttn phases 0-2, `UseTunableKernels` (hand-written sparse
-kernels become their TE form) and LegalizeOps. Every PrimFunc that MetaSchedule can work on
+kernels become their TE form) and the lowering's legalize stages (LegalizeOps, fusion). Every PrimFunc that MetaSchedule can work on
 (static shapes, schedulable blocks, not already scheduled) becomes one task: the sparse
 attention, the model's matmuls and the rest of its legalized ops. The hand-written pilot and
 top-k kernels are not tunable (no schedulable blocks) and keep their own schedule.
@@ -31,8 +31,9 @@ class TuneTask:
 
 
 def normalize(func: "tirx.PrimFunc") -> "tirx.PrimFunc":
-    """The form a workload is recorded and looked up in (MetaSchedule's own normalisation)."""
-    return func.with_attr("global_symbol", "main").with_attr("tirx.noalias", True)
+    """The form a workload is recorded and looked up in (MetaSchedule's own normalisation, and
+    without the fusion annotation ``op_pattern``, which says nothing about the kernel)."""
+    return func.without_attr("op_pattern").with_attr("global_symbol", "main").with_attr("tirx.noalias", True)
 
 
 def workload_module(func: "tirx.PrimFunc") -> tvm.IRModule:
@@ -71,19 +72,21 @@ def _call_counts(mod: tvm.IRModule) -> dict:
     return counts
 
 
-def tunable_module(mod: tvm.IRModule, select=None) -> tuple[tvm.IRModule, "UseTunableKernels"]:
-    """`mod` (after phase 2) with TE sparse kernels (where `select`) and legalized ops."""
-    from ..passes.use_tunable_kernels import UseTunableKernels  # schedules sit below passes: no import cycle
+def tunable_module(mod: tvm.IRModule) -> tuple[tvm.IRModule, list]:
+    """(`mod` (after phase 2) with every sparse kernel in its TE form, legalized and fused as the
+    lowering's schedule stage sees it (`passes.lowering.legalize_stages`), the (hand-written, TE)
+    kernel pairs swapped)."""
+    from ..passes.lowering import legalize_stages  # schedules sit below passes: no import cycle
+    from ..passes.use_tunable_kernels import swap_to_tunable
 
-    swap = UseTunableKernels(select)
-    mod = swap(mod)
-    return relax.transform.LegalizeOps()(mod), swap
+    mod, swapped = swap_to_tunable(mod)
+    return tvm.transform.Sequential(legalize_stages(tvm.target.Target.current(allow_none=True)))(mod), swapped
 
 
 def extract_tasks(mod: tvm.IRModule, index_bound: int) -> list[TuneTask]:
     """Tasks of a module after phase 2 (``pipeline(lower=False)``), within its target's scope."""
-    lowered, swap = tunable_module(mod)
-    shipped_of = {structural_hash(normalize(te)): normalize(hand) for hand, te in swap.swapped}
+    lowered, swapped = tunable_module(mod)
+    shipped_of = {structural_hash(normalize(te)): normalize(hand) for hand, te in swapped}
     counts = _call_counts(lowered)
     tasks: dict = {}
     for gv, func in lowered.functions.items():

@@ -2,6 +2,7 @@
 on the CPU with the reason (the GPU kernel has no dense fallback for rows without a visible key)."""
 from shadowattn_tvm.builder.adreno import CPU_ONLY_MASKED, adreno_kernels
 from shadowattn_tvm.calibrate.profile import SparsityProfile
+from shadowattn_tvm.passes import pipeline
 from shadowattn_tvm.targets import get
 from shadowattn_tvm.testing.forms import AttentionSpec, attention_module
 
@@ -9,7 +10,9 @@ GPU = get("snapdragon-8gen3").gpu
 
 
 def _lane(spec):
-    return adreno_kernels(attention_module(spec), GPU, SparsityProfile.uniform(0.2), k_min=4)
+    profile = SparsityProfile.uniform(0.2)
+    ir = pipeline(profile=profile, keep=None, k_min=4, lower=False)(attention_module(spec))
+    return adreno_kernels(ir, GPU, profile, k_min=4)
 
 
 def test_an_unmasked_block_gets_gpu_kernels():

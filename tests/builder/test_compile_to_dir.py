@@ -167,7 +167,7 @@ def test_failed_rebuild_keeps_the_old_build(host_build, tmp_path):
     def explode(ctx):
         raise RuntimeError("writer failed")
 
-    writers = (ArtifactWriter("boom", lambda device: True, explode),) + DEFAULT_WRITERS
+    writers = (ArtifactWriter("boom", None, explode),) + DEFAULT_WRITERS
     with pytest.raises(RuntimeError, match="writer failed"):
         compile_to_dir("host", out, tokens=48, writers=writers, **quiet)
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

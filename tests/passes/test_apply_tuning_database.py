@@ -13,7 +13,8 @@ from tvm import relax
 from shadowattn_tvm.builder.models import get_model, make_inputs
 from shadowattn_tvm.builder.options import BuildOptions, compile_model
 from shadowattn_tvm.passes import pipeline
-from shadowattn_tvm.passes.use_tunable_kernels import UseTunableKernels
+from shadowattn_tvm.ir_attrs import TUNING, tuning_choices
+from shadowattn_tvm.passes.use_tunable_kernels import UseTunableKernels, swap_to_tunable
 from shadowattn_tvm.schedules.tune_database import BASELINE_FILE, TuneLogsError, TuningDatabase
 
 from ..tuning_helpers import TAG, TARGET, fake_tune_logs
@@ -22,9 +23,10 @@ TOKENS = 32
 
 
 def _lowered(tune_logs=None):
-    p = pipeline(keep=0.2, tune_logs=tune_logs)
+    """(the lowered module, what the database did: `ir_attrs.tuning_choices` of it)."""
     with TARGET:
-        return p(get_model("default", TOKENS).mod), p
+        mod = pipeline(keep=0.2, tune_logs=tune_logs)(get_model("default", TOKENS).mod)
+    return mod, tuning_choices(mod)
 
 
 def _run(tune_logs=None):
@@ -37,35 +39,35 @@ def _run(tune_logs=None):
 def test_record_faster_than_shipped_swaps_in_the_tuned_sparse_kernel(tmp_path):
     logs = fake_tune_logs(tmp_path / "host", TOKENS, tuned_ms=0.01, shipped_ms=1.0,
                           names=("sparse_attention", "transpose"))
-    mod, p = _lowered(logs)
+    mod, t = _lowered(logs)
     names = {gv.name_hint for gv in mod.get_global_vars()}
     assert "sat_sparse_attention_te" in names and "sat_sparse_attention" not in names
     for kernel in ("sat_sparse_attention_te", "transpose"):  # the record's trace, not a default schedule
         assert TAG in mod[kernel].script()
     assert TAG not in mod["transpose1"].script()  # no record: the default schedule fills in
-    assert [(c.name, c.use_tuned) for c in p.tuning.choices] == [("sat_sparse_attention_te", True),
+    assert [(c.name, c.use_tuned) for c in t.choices] == [("sat_sparse_attention_te", True),
                                                                  ("transpose", True)]
-    assert p.tuning.tunable == 4
+    assert t.tunable == 4
     np.testing.assert_allclose(_run(logs), _run(None), rtol=1e-5, atol=1e-5)
 
 
 def test_shipped_kernel_faster_than_record_is_kept(tmp_path):
     logs = fake_tune_logs(tmp_path / "host", TOKENS, tuned_ms=5.0, shipped_ms=1.0,
                           names=("sparse_attention", "transpose"))
-    tuned, p = _lowered(logs)
+    tuned, t = _lowered(logs)
     untuned, _ = _lowered(None)
-    assert [(c.name, c.use_tuned) for c in p.tuning.choices] == [("sat_sparse_attention (tunable form)", False),
+    assert [(c.name, c.use_tuned) for c in t.choices] == [("sat_sparse_attention (tunable form)", False),
                                                                  ("transpose", False)]
-    assert p.tuning.tunable == 4 and "shipped kept" in p.tuning.choices[0].describe()
-    assert tvm_ffi.structural_equal(tuned, untuned)
+    assert t.tunable == 4 and "shipped kept" in t.choices[0].describe()
+    assert tvm_ffi.structural_equal(tuned.without_attr(TUNING), untuned)  # only the record of what was kept
 
 
 def test_without_logs_nothing_changes_and_mismatched_logs_warn(tmp_path):
-    with_none, p = _lowered(None)
-    assert p.tuning is None
+    with_none, t = _lowered(None)
+    assert t is None
     logs = fake_tune_logs(tmp_path / "host", 48, tuned_ms=0.01, shipped_ms=1.0)  # another length
-    mismatched, p = _lowered(logs)
-    assert p.tuning.choices == [] and tvm_ffi.structural_equal(with_none, mismatched)
+    mismatched, t = _lowered(logs)
+    assert t.choices == () and tvm_ffi.structural_equal(with_none, mismatched.without_attr(TUNING))
     lines = []
     compile_model(get_model("default", TOKENS).mod, TARGET, BuildOptions(keep=0.2, tune_logs=str(logs)),
                   log=lines.append)
@@ -75,9 +77,9 @@ def test_without_logs_nothing_changes_and_mismatched_logs_warn(tmp_path):
 
 def test_record_without_baseline_is_used(tmp_path):
     logs = fake_tune_logs(tmp_path / "host", TOKENS, tuned_ms=50.0, shipped_ms=None)
-    _, p = _lowered(logs)
-    assert [(c.shipped_ms, c.use_tuned) for c in p.tuning.choices] == [(None, True)]
-    assert "no baseline" in p.tuning.choices[0].describe()
+    _, t = _lowered(logs)
+    assert [(c.shipped_ms, c.use_tuned) for c in t.choices] == [(None, True)]
+    assert "no baseline" in t.choices[0].describe()
 
 
 def test_unusable_logs_name_the_fix(tmp_path):
@@ -109,15 +111,14 @@ def test_unusable_logs_name_the_fix(tmp_path):
 def test_use_tunable_kernels_swaps_every_sparse_call_when_extracting():
     with TARGET:
         mod = pipeline(keep=0.2, lower=False)(get_model("default", TOKENS).mod)
-    swap = UseTunableKernels()
-    out = swap(mod)
-    assert len(swap.swapped) == 1
-    hand, te = swap.swapped[0]
+    out, swapped = swap_to_tunable(mod)
+    assert len(swapped) == 1 and tvm_ffi.structural_equal(UseTunableKernels()(mod), out)
+    hand, te = swapped[0]
     assert "tirx.is_scheduled" in hand.attrs and te.attrs is None or "tirx.is_scheduled" not in te.attrs
     assert {gv.name_hint for gv in out.get_global_vars()} >= {"sat_sparse_attention_te"}
     assert "sat_sparse_attention" not in {gv.name_hint for gv in out.get_global_vars()}
-    kept = UseTunableKernels(select=lambda _f: False)
-    assert tvm_ffi.structural_equal(kept(mod), mod) and kept.swapped == []
+    kept, none = swap_to_tunable(mod, lambda _f: False)  # a record that loses
+    assert tvm_ffi.structural_equal(kept, mod) and none == []
 
 
 # JSON that is not a record: TVM's parser segfaulted on the first one; each must be named instead

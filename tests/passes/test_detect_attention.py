@@ -7,7 +7,8 @@ import tvm_ffi
 from tvm import relax
 
 from shadowattn_tvm.block import AttentionBlock, CausalMode, KVMap
-from shadowattn_tvm.passes import AttentionReport, DetectAttention
+from shadowattn_tvm.ir_attrs import REPORT, attention_report
+from shadowattn_tvm.passes import DetectAttention
 from shadowattn_tvm.testing import AttentionSpec, attention_module, dense_reference, random_inputs
 from shadowattn_tvm.testing.forms import stacked_module
 
@@ -50,8 +51,8 @@ def _composites(mod):
 
 @pytest.mark.parametrize("spec", FORMS, ids=_ids)
 def test_every_form_is_outlined_with_typed_attrs(spec):
-    report = AttentionReport()
-    mod = DetectAttention(report)(attention_module(spec))
+    mod = DetectAttention()(attention_module(spec))
+    report = attention_report(mod)
     assert relax.analysis.check_well_formed(mod)
     (name, composite), = _composites(mod).items()
     assert name == "sat_attention_L0"
@@ -81,8 +82,8 @@ def test_main_calls_the_composite_on_unrepeated_kv():
 
 
 def test_layers_are_numbered_in_program_order():
-    report = AttentionReport()
-    mod = DetectAttention(report)(stacked_module(2))
+    mod = DetectAttention()(stacked_module(2))
+    report = attention_report(mod)
     assert [c.layer for c in report.candidates] == [0, 1]
     names = [name for name, _ in _calls(mod["main"]) if name.startswith("sat_")]
     assert names == ["sat_attention_L0", "sat_attention_L1"]
@@ -99,8 +100,8 @@ def test_non_attention_graph_unchanged():
             out = bb.emit_output(relax.op.add(p, x))
         bb.emit_func_output(out)
     mod = bb.get()
-    report = AttentionReport()
-    after = DetectAttention(report)(mod)
+    after = DetectAttention()(mod)
+    report = attention_report(after)
     assert tvm_ffi.structural_equal(after, mod)
     assert report.candidates == []
 
@@ -129,9 +130,9 @@ def _softmax_module(make_scores, dtype="float32", axis=-1):
 ])
 def test_unsupported_blocks_stay_dense_with_a_reason(make, axis, dtype, reason):
     mod = _softmax_module(make, dtype=dtype, axis=axis)
-    report = AttentionReport()
-    after = DetectAttention(report)(mod)
-    assert tvm_ffi.structural_equal(after, mod)
+    after = DetectAttention()(mod)
+    report = attention_report(after)
+    assert tvm_ffi.structural_equal(after.without_attr(REPORT), mod)  # code unchanged; the report says why
     (cand,) = report.candidates
     assert cand.status == "dense" and reason in cand.reason
     assert reason in report.table()
@@ -144,10 +145,10 @@ def test_non_positive_scale_stays_dense_and_equals_dense(scale, reason):
     import shadowattn_tvm as sat
 
     mod = _softmax_module(lambda s, q: relax.op.multiply(s, relax.const(scale, "float32")))
-    report = AttentionReport()
-    after = DetectAttention(report)(mod)
+    after = DetectAttention()(mod)
+    report = attention_report(after)
     (cand,) = report.candidates
-    assert tvm_ffi.structural_equal(after, mod) and cand.status == "dense" and reason in cand.reason
+    assert tvm_ffi.structural_equal(after.without_attr(REPORT), mod) and cand.status == "dense" and reason in cand.reason
     data = list(np.random.default_rng(1).standard_normal((3, 1, 2, 8, 4)).astype("float32"))
     np.testing.assert_array_equal(run_module(mod, data, sat.pipeline(keep=0.1, k_min=1)), run_module(mod, data))
 
@@ -159,14 +160,12 @@ def test_sliding_window_attention_is_reported():
         with bb.dataflow():
             out = bb.emit_output(relax.op.nn.attention(q, q, q, causal_mask="BottomRight", window_size=4))
         bb.emit_func_output(out)
-    report = AttentionReport()
-    DetectAttention(report)(bb.get())
+    report = attention_report(DetectAttention()(bb.get()))
     assert "sliding-window" in report.candidates[0].reason
 
 
 def test_report_json_and_table(tmp_path):
-    report = AttentionReport()
-    DetectAttention(report)(attention_module(AttentionSpec(gqa="expand")))
+    report = attention_report(DetectAttention()(attention_module(AttentionSpec(gqa="expand"))))
     report.save(tmp_path / "r.json")
     import json
 

@@ -31,7 +31,8 @@ class Candidate:
 
 @dataclass
 class AttentionReport:
-    """Filled in by `DetectAttention` (and `SplitSparseAttention` for its own decisions)."""
+    """What `DetectAttention` found (and `SplitSparseAttention` decided); in the IR as
+    ``ir_attrs.REPORT``, read back with `ir_attrs.attention_report`."""
 
     candidates: list = field(default_factory=list)
 
@@ -60,6 +61,10 @@ class AttentionReport:
 
     def to_json(self) -> dict:
         return {"summary": self.summary(), "candidates": [asdict(c) for c in self.candidates]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "AttentionReport":
+        return cls([Candidate(**c) for c in data["candidates"]])
 
     def save(self, path) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=1))
