@@ -168,3 +168,21 @@ def test_profile_with_more_layers_than_the_model_is_refused_with_both_counts():
     profile = SparsityProfile(keep=0.2, layers=(layer, layer, layer))  # the default model has one block
     with pytest.raises(ProfileError, match="the profile covers 3 attention layers but the model has 1"):
         tvm.compile(get_model("default", 32).mod, target="llvm", relax_pipeline=sat.pipeline(keep=None, profile=profile))
+
+
+def test_the_device_is_the_pipelines_input():
+    from shadowattn_tvm.ir_attrs import layer_plans, npu_graphs
+
+    spec = AttentionSpec(q_len=32, head_dim=16)
+    mod = attention_module(spec)
+    host = sat.pipeline(keep=0.25, k_min=4, lower=False)(mod)
+    assert layer_plans(host) == [] and npu_graphs(host) == {}  # the host: the pilot stays one CPU kernel
+    heads, kv_heads = spec.block().num_heads, spec.block().num_kv_heads
+    profile = SparsityProfile(keep=0.25, layers=(LayerProfile((0.25,) * heads, (0.02,) * heads, (0.05,) * kv_heads,
+                                                              q_scale_std=(0.004,) * heads,
+                                                              k_scale_std=(0.01,) * kv_heads),))
+    phone = sat.pipeline("snapdragon-8gen3", profile, keep=None, k_min=4, lower=False)(mod)
+    (plan,) = layer_plans(phone)  # a device with an NPU: every pilot a planned NPU launch
+    assert plan.order and "model" in plan.cost_label and npu_graphs(phone)
+    with pytest.raises(ProfileError, match="needs Q/K scale statistics.*shadowattn calibrate"):  # and says how
+        sat.pipeline("snapdragon-8gen3", keep=0.25, lower=False)(mod)
