@@ -22,7 +22,7 @@ from . import manifest
 from .artifacts import DEFAULT_WRITERS, BuildContext
 from . import npu as npu_lane
 from .directory import staging
-from .models import DEFAULT_TOKENS, get_model
+from .models import DEFAULT_TOKENS, ModelBuild, get_model
 from .options import BuildOptions, shadowattn_ir
 
 __all__ = ["compile_to_dir", "BuildResult"]
@@ -60,15 +60,18 @@ class BuildResult:
                 f"{self.seconds:.1f} s -> {self.out_dir}: {files}; {self.report.summary()}")
 
 
-def compile_to_dir(device: str | DeviceProfile, out_dir: str | Path, *, model: str = "default",
+def compile_to_dir(device: str | DeviceProfile, out_dir: str | Path, *, model: "str | ModelBuild" = "default",
                    tokens: int = DEFAULT_TOKENS, keep: float | None = 0.2, k_min: int = 16,
                    profile: SparsityProfile | None = None,
                    writers: tuple = DEFAULT_WRITERS, tune_logs: str | Path | None = None, log=print) -> BuildResult:
     """Compile `model` at `tokens` for `device` (a profile name, file or `DeviceProfile`) into `out_dir`.
 
+    model: a registered name (`models.MODELS`) or a `models.ModelBuild` (e.g. `models.llama_build`),
+    exported at `tokens`.
+
     keep/k_min/profile are the shadowAttn pipeline's (`sat.pipeline`); the result's ``report`` lists
-    the attention candidates (read from the compiled IR). `tune_logs`: a MetaSchedule database (`shadowattn tune`) whose records
-    schedule the kernels they beat (`passes.ApplyTuningDatabase`). Raises ValueError for unknown
+    the attention candidates (read from the compiled IR). `tune_logs`: a MetaSchedule database
+    (`shadowattn tune`) whose records schedule the kernels they beat (`passes.ApplyTuningDatabase`). Raises ValueError for unknown
     models/devices/options or unusable tune logs, BuildDirError if `out_dir` is a non-empty
     directory that is not a previous build.
     """
@@ -76,7 +79,7 @@ def compile_to_dir(device: str | DeviceProfile, out_dir: str | Path, *, model: s
 
     start = time.perf_counter()
     device = get_device(device)
-    built = get_model(model, tokens)
+    built = model if isinstance(model, ModelBuild) else get_model(model, tokens)
     options = BuildOptions(keep=keep if profile is None else None, k_min=k_min, profile=profile,
                            tune_logs=None if tune_logs is None else str(tune_logs))
     out_dir = Path(out_dir).expanduser().absolute()

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .._compat import tvm
+from .._compat import relax, tvm
 
 from ..demo import DEFAULT_SPEC
 from ..testing import AttentionSpec, attention_module
@@ -68,22 +68,32 @@ def _default_stats(spec):
     return calibration_stats(spec)
 
 
-def _smollm2(tokens: int) -> ModelBuild:
-    from ..frontend.model import LlamaRunner, resolve_model
-
-    runner = LlamaRunner(resolve_model("smollm2"))
-    mod, _ = runner.export(tokens)
-    entry = mod["forward"].with_attr("global_symbol", "main")
+def llama_build(runner, tokens: int, name: str, bind_weights: bool = False) -> ModelBuild:
+    """A `frontend.model.LlamaRunner`'s model as a build: `main(input_ids[1, tokens], *weights)`
+    -> logits, weights as inputs loaded from the GGUF at deploy; with `bind_weights` they are
+    constants of the module instead (small models: the library carries them, deploy needs no file)."""
+    mod, names = runner.export(tokens)
+    entry = mod["forward"]
+    if bind_weights:
+        weights = runner.weights()
+        entry = relax.transform.BindParams("forward", {n: tvm.runtime.tensor(weights[n]) for n in names})(
+            tvm.IRModule({"forward": entry}))["forward"]
     mod = tvm.IRModule({gv: f for gv, f in mod.functions.items() if gv.name_hint != "forward"}, attrs=mod.attrs)
-    mod["main"] = entry
+    mod["main"] = entry.with_attr("global_symbol", "main")
     inputs, outputs = signature(mod)
     cfg = runner.config
     return ModelBuild(
-        name="smollm2", mod=mod, inputs=inputs, outputs=outputs,
-        description=f"SmolLM2-135M-Instruct ({cfg.layers} layers, {cfg.heads} q heads, {cfg.kv_heads} kv "
-                    f"heads), {tokens}-token prefill; weights are inputs",
-        config={"gguf": runner.model.fingerprint}, weights=runner.weights,
+        name=name, mod=mod, inputs=inputs, outputs=outputs,
+        description=f"{name} ({cfg.layers} layers, {cfg.heads} q heads, {cfg.kv_heads} kv heads), {tokens}-token "
+                    f"prefill; weights are {'constants' if bind_weights else 'inputs'}",
+        config={"gguf": runner.model.fingerprint}, weights=None if bind_weights else runner.weights,
     )
+
+
+def _smollm2(tokens: int) -> ModelBuild:
+    from ..frontend.model import LlamaRunner, resolve_model
+
+    return llama_build(LlamaRunner(resolve_model("smollm2")), tokens, "smollm2")
 
 
 MODELS: dict[str, Callable[[int], ModelBuild]] = {"default": _default, "smollm2": _smollm2}
@@ -122,4 +132,4 @@ def model_inputs(built: ModelBuild, seed: int = 0, weights: dict | None = None) 
     return [weights[s.name] if s.name in weights else next(data) for s in built.inputs]
 
 
-__all__ = ["MODELS", "DEFAULT_TOKENS", "ModelBuild", "TensorSpec", "get_model", "make_inputs", "model_inputs", "signature"]
+__all__ = ["MODELS", "DEFAULT_TOKENS", "ModelBuild", "llama_build", "TensorSpec", "get_model", "make_inputs", "model_inputs", "signature"]
