@@ -29,6 +29,7 @@ class ApplyTuningDatabase:
         if target is None:
             raise ValueError("ApplyTuningDatabase needs a target: pass one or run inside `with target:`")
         choices, tunable = [], 0
+        mod = mod.clone()  # never edit the caller's module
         for gv, func in list(mod.functions.items()):
             if not isinstance(func, tirx.PrimFunc) or not is_tunable(func):
                 continue

@@ -42,6 +42,7 @@ def _whole(gv, func) -> bool:
 @tvm.transform.module_pass(opt_level=0, name="KeepKernelsWhole")
 def keep_kernels_whole(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     """Mark our kernels and every scheduled PrimFunc opaque (``op_pattern``) before fusion."""
+    mod = mod.clone()  # never edit the caller's module
     for gv, func in list(mod.functions.items()):
         if isinstance(func, tirx.PrimFunc) and _whole(gv, func):
             mod[gv] = func.with_attr("op_pattern", OPAQUE)

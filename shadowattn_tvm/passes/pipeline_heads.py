@@ -56,6 +56,7 @@ class PipelineHeads:
                 continue
             layer_plan = self._plan(gv.name_hint, AttentionBlock.from_attrs(func.attrs), analysis.units())
             updates[gv] = _reschedule(func, analysis, layer_plan)
+        mod = mod.clone() if updates else mod  # never edit the caller's module
         for gv, func in updates.items():
             mod[gv] = func
         # the rebuilt functions carry no struct info on their new SeqExpr: normalise (well-formed IR)

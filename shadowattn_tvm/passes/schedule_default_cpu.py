@@ -22,6 +22,7 @@ class ScheduleDefaultCPU:
             if func.attrs is not None and "tirx.is_scheduled" in func.attrs:
                 continue
             updates[gv] = _schedule(func)
+        mod = mod.clone() if updates else mod  # never edit the caller's module
         for gv, func in updates.items():
             mod[gv] = func
         return mod
