@@ -186,5 +186,6 @@ def npu_graphs(mod) -> dict:
             if getattr(func, "attrs", None) is not None and BUCKET in func.attrs}
 
 
-__all__ = ["REPORT", "BLOCKS", "TUNING", "SplitBlock", "split_blocks", "with_split_blocks", "PLAN", "BUCKET", "Choice", "TuningChoices", "attention_report", "with_report",
-           "tuning_choices", "with_tuning", "UnitPlan", "LayerPlan", "plan_attr", "layer_plans", "npu_graphs"]
+__all__ = ["REPORT", "BLOCKS", "TUNING", "PLAN", "BUCKET", "AttentionReport", "SplitBlock", "Choice", "TuningChoices",
+           "UnitPlan", "LayerPlan", "attention_report", "with_report", "split_blocks", "with_split_blocks",
+           "tuning_choices", "with_tuning", "plan_attr", "layer_plans", "npu_graphs"]

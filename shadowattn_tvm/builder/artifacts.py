@@ -23,7 +23,7 @@ from . import npu as npu_lane
 from . import reference
 from .manifest import Artifact
 from .models import ModelBuild
-from .options import BuildOptions, compile_model, lower_ir
+from .options import BuildOptions, lower_ir
 
 CPU_MODULE = "cpu.so"
 REPORT = "report.json"
@@ -71,9 +71,9 @@ def _write_reference(ctx: BuildContext) -> list:
     """reference/: seeded data inputs and the host build's output on them (deploy compares to it)."""
     host = get_device("host")
     executable = ctx.executable
-    if str(ctx.device.cpu) != str(host.cpu):
-        ctx.log("[compile] reference: the same model and options for this host")
-        executable = compile_model(ctx.model.mod, host.cpu, ctx.options, npu=ctx.npu)
+    if str(ctx.device.cpu) != str(host.cpu):  # the same shadowAttn-level program, lowered for this host
+        ctx.log("[compile] reference: the build's program lowered for this host")
+        executable = lower_ir(ctx.ir, host.cpu, ctx.options)
     return reference.write(ctx.out, ctx.model, executable)
 
 

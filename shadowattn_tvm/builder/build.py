@@ -71,9 +71,9 @@ def compile_to_dir(device: str | DeviceProfile, out_dir: str | Path, *, model: "
 
     keep/k_min/profile are the shadowAttn pipeline's (`sat.pipeline`); the result's ``report`` lists
     the attention candidates (read from the compiled IR). `tune_logs`: a MetaSchedule database
-    (`shadowattn tune`) whose records schedule the kernels they beat (`passes.ApplyTuningDatabase`). Raises ValueError for unknown
-    models/devices/options or unusable tune logs, BuildDirError if `out_dir` is a non-empty
-    directory that is not a previous build.
+    (`shadowattn tune`) whose records schedule the kernels they beat (`passes.ApplyTuningDatabase`).
+    Raises ValueError for unknown models/devices/options or unusable tune logs, BuildDirError if
+    `out_dir` is a non-empty directory that is not a previous build.
     """
     from .. import __version__  # lazily: the package root may import this module while it initialises
 

@@ -83,15 +83,9 @@ def lower_ir(ir, target, options: BuildOptions, log=None):
     return executable
 
 
-def compile_ir(mod, target, options: BuildOptions, log=None, npu: NPUOptions | None = None):
-    """(the shadowAttn-level IR, the executable): `shadowattn_ir`, then `lower_ir`."""
-    ir = shadowattn_ir(mod, target, options, npu)
-    return ir, lower_ir(ir, target, options, log)
-
-
 def compile_model(mod, target, options: BuildOptions, log=None, npu: NPUOptions | None = None):
-    """``tvm.compile`` with the shadowAttn pipeline (`compile_ir` without the IR)."""
-    return compile_ir(mod, target, options, log, npu)[1]
+    """``tvm.compile`` with the shadowAttn pipeline: `shadowattn_ir`, then `lower_ir`."""
+    return lower_ir(shadowattn_ir(mod, target, options, npu), target, options, log)
 
 
 def tuning_summary(tuning, database: TuningDatabase) -> list[str]:
@@ -106,4 +100,5 @@ def tuning_summary(tuning, database: TuningDatabase) -> list[str]:
     return lines
 
 
-__all__ = ["BuildOptions", "compile_ir", "lower_ir", "shadowattn_ir", "compile_model", "default_tune_logs", "tuning_summary", "TuneLogsError"]
+__all__ = ["BuildOptions", "compile_model", "default_tune_logs", "lower_ir", "shadowattn_ir", "tuning_summary",
+           "TuneLogsError"]
