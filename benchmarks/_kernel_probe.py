@@ -2,7 +2,7 @@ import os, sys, time; os.environ.setdefault("TVM_NUM_THREADS", "2"); sys.path.in
 import numpy as np, tvm
 from shadowattn_tvm.block import *
 from shadowattn_tvm.ops import quantize as Q, pilot as P, topk as TK, sparse_attention as SA, reference as ref
-from shadowattn_tvm.schedules import cpu
+from shadowattn_tvm.targets import cpu_kernels as cpu
 B,H,HKV,S,D = 1,14,2,int(sys.argv[1]) if len(sys.argv)>1 else 256,64
 blk = AttentionBlock(0,H,HKV,D,CausalMode.BOTTOM_RIGHT,D**-0.5,"float32")
 rng = np.random.default_rng(0)

@@ -18,7 +18,7 @@ from shadowattn_tvm.block import max_keep_count
 from shadowattn_tvm.demo import DEFAULT_SPEC, _inputs, best_ms
 from shadowattn_tvm.ops import pilot, quantize, reference, sparse_attention, topk
 from shadowattn_tvm.passes import lowering
-from shadowattn_tvm.schedules import cpu
+from shadowattn_tvm.targets import cpu_kernels as cpu
 from shadowattn_tvm.testing import AttentionSpec, attention_module
 
 TARGET = targets.get("host").cpu

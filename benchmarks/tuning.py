@@ -7,7 +7,7 @@ All numbers are measured in this run, side by side, on this machine (2 TVM threa
 * per tuned kernel of the default model: the kernel compile ships without a database (the
   hand-written sparse attention, or the default CPU schedule) vs the kernel scheduled by its best
   record; for the sparse attention also the generic TE kernel under its default schedule
-  (`schedules.cpu`), i.e. what MetaSchedule starts from;
+  (`targets.cpu_kernels`), i.e. what MetaSchedule starts from;
 * the default model's prefill (one call of ``main``) built by `compile_model` without the
   database, with it (records used only where they beat the measured shipped baseline, as compile
   does), and with every record forced in (baselines ignored), each with its ratio to untuned.
@@ -27,10 +27,10 @@ from shadowattn_tvm._compat import meta_schedule, tvm  # noqa: E402
 from shadowattn_tvm.builder.models import get_model, make_inputs  # noqa: E402
 from shadowattn_tvm.builder.options import BuildOptions  # noqa: E402
 from shadowattn_tvm.demo import best_ms  # noqa: E402
-from shadowattn_tvm.schedules import cpu  # noqa: E402
-from shadowattn_tvm.schedules.tune import SPARSE_TASK, _arrays  # noqa: E402
-from shadowattn_tvm.schedules.tune_database import TuningDatabase  # noqa: E402
-from shadowattn_tvm.schedules.tune_tasks import model_tasks  # noqa: E402
+from shadowattn_tvm.targets import cpu_kernels as cpu  # noqa: E402
+from shadowattn_tvm.tuning.driver import SPARSE_TASK, _arrays  # noqa: E402
+from shadowattn_tvm.tuning.database import TuningDatabase  # noqa: E402
+from shadowattn_tvm.tuning.tasks import model_tasks  # noqa: E402
 from shadowattn_tvm.targets import get as get_device  # noqa: E402
 
 DEVICE = get_device("host")

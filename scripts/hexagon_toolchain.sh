@@ -5,4 +5,4 @@
 # Cold: ~2-3 min (zig builds its musl for Hexagon once) and ~450 MB under the cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec python -m shadowattn_tvm.runtime.hexagon_emulator install "$@"
+exec python -m shadowattn_tvm.emulators.hexagon install "$@"

@@ -80,7 +80,7 @@ def graph_names(text) -> list:
     return [name for name in str(text).split(",") if name]
 
 
-# ---- the NPU service's wire protocol (`runtime.npu_service`): a 4-byte big-endian length, a JSON
+# ---- the NPU service's wire protocol (`emulators.npu_service`): a 4-byte big-endian length, a JSON
 # header, then the raw little-endian bytes of the tensors its "tensors" list describes.
 
 _HEADER = struct.Struct(">I")

@@ -15,7 +15,7 @@ def test_compile_default_for_host(tmp_path, capsys):
 
 
 def test_compile_for_a_phone_writes_the_adreno_opencl_kernels(tmp_path, capsys):
-    from shadowattn_tvm.runtime.toolchain import ToolchainError, ensure_tools
+    from shadowattn_tvm.emulators.toolchain import ToolchainError, ensure_tools
 
     try:
         ensure_tools(("aarch64-gxx",), log=lambda _msg: None)

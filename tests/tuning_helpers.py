@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from shadowattn_tvm._compat import Schedule, meta_schedule, tvm
-from shadowattn_tvm.schedules.tune_database import TuningDatabase
-from shadowattn_tvm.schedules.tune_tasks import model_tasks, workload_module
+from shadowattn_tvm.tuning.database import TuningDatabase
+from shadowattn_tvm.tuning.tasks import model_tasks, workload_module
 from shadowattn_tvm.targets import get
 
 TARGET = get("host").cpu

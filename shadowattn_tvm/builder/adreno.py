@@ -1,7 +1,7 @@
 """The Adreno lane of a build: each attention block's top-k and sparse attention as OpenCL C.
 
 The GPU takes the two CPU-lane stages of shadowAttn (the NPU computes the pilot scores), so per
-attention block of the model we emit `schedules.adreno`'s top-k and sparse-attention kernels,
+attention block of the model we emit `targets.adreno.schedules`'s top-k and sparse-attention kernels,
 specialised to the block's static shapes, with the same top_k bound, ratios source and k_min
 as `SplitSparseAttention` uses for the CPU module:
 
@@ -25,8 +25,8 @@ from dataclasses import dataclass, replace
 from ..block import max_keep_count
 from ..calibrate.profile import SparsityProfile
 from ..ir_attrs import split_blocks
-from ..schedules import adreno
-from ..targets.opencl import OpenCLProgram, build_source
+from ..targets.adreno import schedules as adreno
+from ..targets.adreno.opencl import OpenCLProgram, build_source
 
 DIRECTORY = "adreno"
 TABLE = "kernels.json"

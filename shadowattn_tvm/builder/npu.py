@@ -45,7 +45,7 @@ def npu_options(model, options, tokens: int) -> NPUOptions:
 def write_library(ir, device, out, log) -> list:
     """npu/: the Hexagon graph library of every graph in `ir`, for the device's NPU arch."""
     from ..ops.npu_graph import bucket_graph
-    from ..targets.hexagon import arch_of, build_graph_library
+    from ..targets.hexagon.library import arch_of, build_graph_library
 
     graphs = {name: bucket_graph(**params) for name, params in npu_graphs(ir).items()}
     arch = arch_of(device.npu)

@@ -9,7 +9,7 @@ from ..calibrate.profile import SparsityProfile, check_keep
 from ..npu.options import NPUOptions
 from ..ir_attrs import tuning_choices
 from ..passes import lowering, pipeline
-from ..schedules.tune_database import TuneLogsError, TuningDatabase
+from ..tuning.database import TuneLogsError, TuningDatabase
 
 
 @dataclass(frozen=True)

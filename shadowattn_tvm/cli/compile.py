@@ -36,7 +36,7 @@ def run(args) -> int:
     from ..builder import BuildDirError, compile_to_dir
     from ..builder.options import default_tune_logs
     from ..calibrate.profile import SHIPPED_PROFILE, ProfileError, SparsityProfile
-    from ..runtime.toolchain import ToolchainError
+    from ..emulators.toolchain import ToolchainError
     from ..targets import get as get_device
 
     try:

@@ -30,8 +30,8 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from .. import settings
-    from ..runtime import emulated_phone, phone_image
-    from ..runtime.toolchain import ToolchainError, ensure_tools
+    from ..emulators import phone as emulated_phone, phone_image
+    from ..emulators.toolchain import ToolchainError, ensure_tools
 
     try:
         if args.action == "setup":

@@ -29,7 +29,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from ..builder.models import MODELS
     from ..runtime.rpc_session import Endpoint, RPCUnavailable, check_available, parse_address
-    from ..schedules.tune import compare_on_host, tune
+    from ..tuning.driver import compare_on_host, tune
     from ..targets import get as get_device
 
     try:

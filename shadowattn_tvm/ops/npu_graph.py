@@ -116,7 +116,7 @@ def bucket_graph_hvx(fused: int, q_chunk: int, kv_len: int, head_dim: int, q_sca
         scores [F, QC, kv_len]       acc + q_bias
 
     Quantization rounds with `_rint_clip` (integer ops after one float add) so the stages stay
-    scalar and exact; `schedules.hexagon.schedule_bucket_graph` maps acc onto vrmpy.
+    scalar and exact; `targets.hexagon.schedules.schedule_bucket_graph` maps acc onto vrmpy.
     """
     params = _params(fused, q_chunk, kv_len, head_dim, q_scales, k_scale, dtype)
     F, QC, KV, D = params["fused"], params["q_chunk"], params["kv_len"], params["head_dim"]

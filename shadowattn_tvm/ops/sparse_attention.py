@@ -13,7 +13,7 @@ is vectorised over Dv. Trailing -1 slots are skipped; -1 slots anywhere else are
 whose slots are all -1 sees no key (every key masked): it gets what the dense block gives it,
 the softmax over all its causally allowed keys of scale·q·k + mask (NaN when every logit is
 -inf, as dense softmax).
-Other shapes fall back to a TE definition that `schedules.cpu` schedules.
+Other shapes fall back to a TE definition that `targets.cpu_kernels` schedules.
 """
 from __future__ import annotations
 
@@ -220,7 +220,7 @@ def _sparse_attention_fast(block, D: int, DV: int, mask_shape):
 
 
 def _sparse_attention_te(block, q_shape, kv_len, v_dim, top_k, mask_shape=None):
-    """Generic TE definition (dynamic head dims): scheduled by `schedules.cpu`."""
+    """Generic TE definition (dynamic head dims): scheduled by `targets.cpu_kernels`."""
     b, h, sq, d = fresh_shape(q_shape, ("batch", "heads", "q_len", "head_dim"))
     skv, dv, kk = fresh_shape((kv_len, v_dim, top_k), ("kv_len", "v_dim", "top_k"))
     dtype = block.dtype

@@ -2,7 +2,7 @@
 
 Runs in the lowering phase (5) after the legalize stages (LegalizeOps, fusion) and before
 `ScheduleDefaultCPU`, which then schedules whatever is left. For each tunable PrimFunc
-(`schedules.tune_tasks.is_tunable`) with a valid record in the database, the record's trace is
+(`tuning.tasks.is_tunable`) with a valid record in the database, the record's trace is
 applied if its latency beats the measured baseline of the kernel compile would otherwise ship
 (`ir_attrs.Choice`); otherwise the kernel is left for the default schedule. Needs a target
 (argument or current). What it did is left in the module as ``ir_attrs.TUNING``
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from .._compat import tirx, tvm
 from ..ir_attrs import TuningChoices, tuning_choices, with_tuning
-from ..schedules.tune_database import TuningDatabase
-from ..schedules.tune_tasks import is_tunable
+from ..tuning.database import TuningDatabase
+from ..tuning.tasks import is_tunable
 
 
 @tvm.transform.module_pass(opt_level=0, name="ApplyTuningDatabase")

@@ -19,12 +19,12 @@ For each ``sat_pilot_L<i>`` -> top-k -> sparse triple it emits one private Relax
 Every graph is `ops.npu_graph.bucket_graph` for one (cell, fused heads, query rows, KV bucket)
 with the cell's scales baked in, added as a PrimFunc ``sat_npu_L<i>_f<F>_q<R>_kv<N>_c<cell>``
 scheduled for the host (`npu.kernels.host_twin`): the NPU lane runs these twins here; the
-Hexagon build compiles the same `BucketSpec`s (see `BucketPilot.graphs`). The calls run
+Hexagon build compiles the same `BucketSpec`s (read back with `ir_attrs.npu_graphs`). The calls run
 synchronously until `PipelineHeads` splits them into asynchronous launches and waits.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 
@@ -46,15 +46,6 @@ from .split_sparse_attention import PILOT_KIND
 NPU_BLOCK_KIND = "npu_block"
 
 
-@dataclass(frozen=True)
-class GraphEntry:
-    """One NPU graph of the build (what the compile report and the Hexagon library list)."""
-
-    name: str
-    layer: int
-    cell: int
-    spec: BucketSpec
-
 
 @tvm.transform.module_pass(opt_level=0, name="BucketPilot")
 class BucketPilot:
@@ -64,14 +55,11 @@ class BucketPilot:
         if not isinstance(options, NPUOptions):
             raise TypeError(f"options must be NPUOptions, got {type(options).__name__}")
         self.options, self.profile, self.k_min = options, profile, int(k_min)
-        self.graphs: list = []  # GraphEntry per graph added by the last run
-        self.units: dict = {}  # layer -> tuple of LaunchUnit
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         pilots = {gv for gv, f in mod.functions.items() if _kind(f) == PILOT_KIND}
         if not pilots:
             return mod
-        self.graphs, self.units = [], {}
         target = tvm.target.Target.current(allow_none=True)
         if target is not None and target.kind.name != "llvm":
             raise ValueError(
@@ -81,15 +69,6 @@ class BucketPilot:
             )
         mod = _Bucketer(mod, pilots, self, lane_for(target).kernels()).transform()
         return relax.transform.DeadCodeElimination()(mod)
-
-    def graph_table(self) -> str:
-        """The NPU graphs of the last run, one line each (for the compile report)."""
-        lines = [f"{'graph':<40} {'F':>2} {'rows':>5} {'keys':>5} {'λQ':>9} {'λK':>9} {'MMAC':>7} {'I/O KB':>7}"]
-        for g in self.graphs:
-            s = g.spec
-            lines.append(f"{g.name:<40} {s.fused:>2} {s.q_rows:>5} {s.kv_len:>5} {s.q_scales[0]:>9.3g} "
-                         f"{s.k_scale:>9.3g} {s.macs / 1e6:>7.1f} {s.io_bytes / 1024:>7.0f}")
-        return "\n".join(lines)
 
     def layer_stats(self, block: AttentionBlock) -> ScaleStats:
         """Scale statistics of a layer: NPUOptions.stats, else the profile's calibrated scales."""
@@ -178,7 +157,6 @@ class _Bucketer(PyExprMutator):
         if spec not in self.graph_gvs:
             name = spec.name(layer, cell, group)
             self.graph_gvs[spec] = self.add_kernel(host_twin(spec), name)
-            self.owner.graphs.append(GraphEntry(self.graph_gvs[spec].name_hint, layer, cell, spec))
         return self.graph_gvs[spec]
 
 
@@ -197,7 +175,6 @@ class _BlockBuilder:
         opts = outer.owner.options
         self.units = plan_units(block, batch, q_len, kv_len, self.ratios, outer.owner.k_min, opts.kv_buckets,
                                 opts.q_chunk)
-        outer.owner.units[block.layer] = self.units
         self.grid = BucketGrid.build(block.layer, outer.owner.layer_stats(block), opts.grid)
         causal = CausalMode.NONE if block.causal == CausalMode.NONE else CausalMode.BOTTOM_RIGHT
         self.unit_block = replace(block, num_heads=block.group, num_kv_heads=1, kv_map=KVMap.INTERLEAVE, causal=causal)
@@ -329,4 +306,4 @@ def _static_shape(expr, block: AttentionBlock) -> list:
     return dims
 
 
-__all__ = ["BucketPilot", "GraphEntry", "NPU_BLOCK_KIND"]
+__all__ = ["BucketPilot", "NPU_BLOCK_KIND"]

@@ -23,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .._compat import relax, tirx, tvm
-from ..schedules.tune_database import TuningDatabase
+from ..tuning.database import TuningDatabase
 from ..targets.lanes import lane_for
 from .apply_tuning_database import ApplyTuningDatabase
 from .schedule_default_cpu import ScheduleDefaultCPU
@@ -57,7 +57,7 @@ def _cpu_backend():
 
 def legalize_stages(target) -> list:
     """TVM's CPU legalization stages (fusion included) with our kernels kept whole: what the
-    schedule stage, and therefore tuning (`schedules.tune_tasks`), sees."""
+    schedule stage, and therefore tuning (`tuning.tasks`), sees."""
     return [keep_kernels_whole, *_cpu_backend().legalize_passes(target)]
 
 

@@ -26,7 +26,7 @@ from ..ir_attrs import attention_report
 from ..npu.costs import DeviceCostModel
 from ..npu.options import NPUOptions
 from ..report import AttentionReport
-from ..schedules.tune_database import TuningDatabase
+from ..tuning.database import TuningDatabase
 from ..targets import DeviceProfile
 from ..targets import get as get_device
 from .bucket_pilot import BucketPilot

@@ -2,17 +2,17 @@
 
 Runs in the lowering phase right after LegalizeOps (phase 5), for CPU targets only. Kernels
 that arrive scheduled (``tirx.is_scheduled``, e.g. the shadowAttn kernels or tuned ones) are
-left alone. See `schedules/cpu_generic.py` for the rules.
+left alone. See `targets/cpu_generic.py` for the rules.
 """
 from __future__ import annotations
 
 from .._compat import tirx, tvm
-from ..schedules.cpu_generic import schedule_default
+from ..targets.cpu_generic import schedule_default
 
 
 @tvm.transform.module_pass(opt_level=0, name="ScheduleDefaultCPU")
 class ScheduleDefaultCPU:
-    """Apply `schedules.cpu_generic.schedule_default` to each unscheduled PrimFunc."""
+    """Apply `targets.cpu_generic.schedule_default` to each unscheduled PrimFunc."""
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         updates = {}

@@ -9,7 +9,7 @@ from .lanes import Lane, is_aarch64
 LANE = Lane(
     name="arm_cpu", slot="cpu",
     takes=lambda target: target.kind.name == "llvm" and is_aarch64(target),
-    kernel_module="cpu", lowering="cpu_stages",
+    kernel_module="cpu_kernels", lowering="cpu_stages",
     artifacts=("cpu.so",),
     runs_here="the emulated phone: a TVM RPC server under qemu-aarch64 on 127.0.0.1",
 )

@@ -5,7 +5,7 @@ import shutil
 from pathlib import Path
 
 from .._compat import tvm
-from ..runtime.toolchain import ToolchainError, ensure_tools, tool_for_executable
+from ..emulators.toolchain import ToolchainError, ensure_tools, tool_for_executable
 from .profile import DeviceProfile
 
 

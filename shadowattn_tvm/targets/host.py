@@ -8,7 +8,7 @@ from .lanes import Lane, is_aarch64
 LANE = Lane(
     name="host", slot="cpu",
     takes=lambda target: target.kind.name == "llvm" and not is_aarch64(target),
-    kernel_module="cpu", lowering="cpu_stages",
+    kernel_module="cpu_kernels", lowering="cpu_stages",
     artifacts=("cpu.so",),
     runs_here="this machine's CPU, natively",
 )

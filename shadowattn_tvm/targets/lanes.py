@@ -5,7 +5,7 @@
     lane.lowering                           # how phase 5 lowers Relax for it ("cpu_stages", "tvm", None)
     [l.name for l in lanes.lanes_of(device)]  # every lane of a device profile, CPU first
 
-Each lane module (`targets.host`, `targets.arm_cpu`, `targets.adreno`, `targets.hexagon_lane`)
+Each lane module (`targets.host`, `targets.arm_cpu`, `targets.adreno`, `targets.hexagon`)
 defines one frozen `Lane`: which targets it takes, where its kernel rules live, how it is lowered,
 what it writes into a build directory and what runs it on this machine. Passes and the builder
 ask the registry, never test ``target.kind`` themselves. Compiler side only: the deploy path
@@ -24,7 +24,7 @@ class Lane:
     name: str  # "host", "arm_cpu", "adreno", "hexagon"
     slot: str  # the device profile slot it fills: "cpu", "gpu" or "npu"
     takes: Callable  # (tvm Target) -> bool
-    kernel_module: str | None  # `shadowattn_tvm.schedules` module scheduling the kernels the passes
+    kernel_module: str | None  # `shadowattn_tvm.targets` module scheduling the kernels the passes
     #                            emit into the Relax program for this lane (None: the passes emit none)
     lowering: str | None  # phase 5: "cpu_stages" (TVM's CPU stages + ours), "tvm" (TVM's default
     #                       pipeline for the target) or None (not a Relax target: built by its writer)
@@ -37,10 +37,10 @@ class Lane:
         if self.kernel_module is None:
             raise ValueError(f"the shadowAttn passes emit no kernels for the {self.name} lane ({self.slot}): "
                              "compile the model for the device's CPU target (device.cpu)")
-        return importlib.import_module(f"shadowattn_tvm.schedules.{self.kernel_module}")
+        return importlib.import_module(f"{__package__}.{self.kernel_module}")
 
 
-_MODULES = ("host", "arm_cpu", "adreno", "hexagon_lane")
+_MODULES = ("host", "arm_cpu", "adreno", "hexagon")
 
 
 def all_lanes() -> tuple:

@@ -8,7 +8,7 @@ from tvm import relax
 from shadowattn_tvm.builder import (DEFAULT_WRITERS, ArtifactWriter, BuildDirError, ManifestError, compile_to_dir,
                                   get_model, load_manifest, make_inputs)
 from shadowattn_tvm.builder.manifest import sha256
-from shadowattn_tvm.runtime.toolchain import ToolchainError, ensure_tools
+from shadowattn_tvm.emulators.toolchain import ToolchainError, ensure_tools
 from shadowattn_tvm.testing import dense_reference
 
 TOKENS = 64

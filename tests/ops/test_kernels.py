@@ -7,7 +7,7 @@ import tvm
 
 from shadowattn_tvm.block import AttentionBlock, CausalMode, KVMap, max_keep_count
 from shadowattn_tvm.ops import pilot, quantize, reference, sparse_attention, topk
-from shadowattn_tvm.schedules import cpu
+from shadowattn_tvm.targets import cpu_kernels as cpu
 
 from ..conftest import build_prim
 

@@ -15,7 +15,7 @@ from shadowattn_tvm.builder.options import BuildOptions, compile_model
 from shadowattn_tvm.passes import pipeline
 from shadowattn_tvm.ir_attrs import TUNING, tuning_choices
 from shadowattn_tvm.passes.use_tunable_kernels import UseTunableKernels, swap_to_tunable
-from shadowattn_tvm.schedules.tune_database import BASELINE_FILE, TuneLogsError, TuningDatabase
+from shadowattn_tvm.tuning.database import BASELINE_FILE, TuneLogsError, TuningDatabase
 
 from ..tuning_helpers import TAG, TARGET, fake_tune_logs
 

@@ -16,6 +16,7 @@ from shadowattn_tvm.npu.buckets import SYNTHETIC_SPREAD
 from shadowattn_tvm.npu.reference import bucket_scales
 from shadowattn_tvm.passes import DetectAttention, SplitSparseAttention
 from shadowattn_tvm.passes.bucket_pilot import BucketPilot
+from shadowattn_tvm.ir_attrs import npu_graphs
 from shadowattn_tvm.npu_abi import ARG_GRAPHS, ARG_STAGE, NPU_RUN, graph_names
 from shadowattn_tvm.testing import AttentionSpec, attention_module, random_inputs, sparse_reference
 
@@ -155,16 +156,16 @@ def test_structure_graphs_and_units():
             if isinstance(b.value, relax.Call) and isinstance(b.value.args[0], relax.ExternFunc)
             and str(b.value.args[0].global_symbol) == NPU_RUN]
     assert [str(r.args[1].value) for r in runs] == ["L0.b0.g0.c0", "L0.b0.g0.c1", "L0.b0.g1.c0", "L0.b0.g1.c1"]
-    # 9 cells x 2 shapes (32 and 64 keys), shared by both KV groups (one scale per launch)
-    assert len(bucket.graphs) == 18 and {g.name for g in bucket.graphs} <= names
+    # 9 cells x 2 shapes (32 and 64 keys), shared by both KV groups (one scale per launch), read from the IR
+    graphs = npu_graphs(mod)
+    assert len(graphs) == 18 and set(graphs) <= names
     grid = BucketGrid.build(0, STATS)
-    for entry in bucket.graphs:
-        assert entry.spec.q_scales == (grid.q_scales[entry.cell][0],) * 2
-        assert entry.spec.k_scale == grid.k_scales[entry.cell][0]
-        assert entry.spec.kv_len in (32, 64) and entry.spec.q_rows == 32
-        assert mod[entry.name].attrs["tirx.is_scheduled"]
-    table = bucket.graph_table().splitlines()
-    assert len(table) == 19 and table[1].startswith("sat_npu_L0_f2_q32_kv32_c0")
+    for name, params in graphs.items():
+        cell = int(name.rsplit("_c", 1)[1])
+        assert params["q_scales"] == pytest.approx([grid.q_scales[cell][0]] * 2)
+        assert params["k_scale"] == pytest.approx(grid.k_scales[cell][0])
+        assert params["kv_len"] in (32, 64) and params["q_chunk"] == 32 and params["fused"] == 2
+        assert mod[name].attrs["tirx.is_scheduled"]
     for run in runs:  # each launch carries all nine candidate graphs, in cell order
         assert run.args[1 + ARG_STAGE].name_hint == "sat_npu_stage"
         graphs = [a.name_hint for a in run.args[2 + ARG_STAGE:]]
@@ -177,9 +178,9 @@ def test_profile_scales_build_the_grid():
     profile = SparsityProfile(keep=0.25, layers=(LayerProfile((0.25,) * 4, STATS.q_mean, STATS.k_mean,
                                                               q_scale_std=STATS.q_std, k_scale_std=STATS.k_std),))
     options = NPUOptions(kv_buckets=(32,), costs=GivenCosts(), grid=GridOptions(q_points=1, k_points=1))
-    bucket, _ = _bucketed(spec, options, profile)
-    (entry,) = bucket.graphs
-    assert entry.spec.q_scales[0] == pytest.approx(np.mean(STATS.q_mean))
+    _, mod = _bucketed(spec, options, profile)
+    (params,) = npu_graphs(mod).values()
+    assert params["q_scales"][0] == pytest.approx(np.mean(STATS.q_mean))
 
 
 # ------------------------------------------------------------------ numerics (synchronous launches)

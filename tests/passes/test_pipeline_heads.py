@@ -20,6 +20,7 @@ from shadowattn_tvm.passes.pipeline_heads import PipelineHeads
 from shadowattn_tvm.ir_attrs import layer_plans
 from shadowattn_tvm.npu_abi import NPU_LAUNCH, NPU_RUN, NPU_WAIT
 from shadowattn_tvm.runtime.lanes import LaneMode, LaneOptions, NPULane
+from shadowattn_tvm.npu.units import plan_units
 from shadowattn_tvm.npu.planner import Launch, best_order_brute_force, makespan, plan
 from shadowattn_tvm.testing import AttentionSpec, attention_module, random_inputs, sparse_reference
 
@@ -130,10 +131,8 @@ def test_second_run_changes_nothing(scheduled):
 
 
 def test_cost_models_say_what_they_are():
-    units = BucketPilot(NPUOptions(kv_buckets=BUCKETS, stats=STATS, costs=COSTS), k_min=4)
-    units(SplitSparseAttention(SparsityProfile.uniform(0.25), k_min=4)(DetectAttention()(attention_module(SPEC))))
-    (layer_units,) = units.units.values()
     block = SPEC.block()
+    layer_units = plan_units(block, 1, SPEC.q_len, SPEC.q_len, [0.25] * block.num_heads, 4, BUCKETS, q_chunk=256)
     model = DeviceCostModel().table(layer_units, block)
     assert model.source == CostSource.DEVICE_MODEL and "not measured" in model.label
     # the model's time grows with the chunk's keys

@@ -8,8 +8,8 @@ never touch a phone the user started.
 import pytest
 
 from shadowattn_tvm.builder import compile_to_dir
-from shadowattn_tvm.runtime import emulated_phone as phone
-from shadowattn_tvm.runtime.toolchain import ToolchainError, ensure_tools
+from shadowattn_tvm.emulators import phone
+from shadowattn_tvm.emulators.toolchain import ToolchainError, ensure_tools
 
 TOKENS = 128  # small: every emulated instruction costs ~10-50x
 quiet = dict(log=lambda _msg: None)

@@ -6,9 +6,9 @@ import signal
 import pytest
 from tvm import rpc
 
-from shadowattn_tvm.runtime import emulated_phone as phone
+from shadowattn_tvm.emulators import phone
 from shadowattn_tvm.runtime.deploy import LABELS, DeployError, deploy
-from shadowattn_tvm.runtime.emulated_phone import free_port
+from shadowattn_tvm.emulators.phone import free_port
 from shadowattn_tvm.runtime.rpc_session import Endpoint, RPCUnavailable, open_session
 
 pytestmark = pytest.mark.slow

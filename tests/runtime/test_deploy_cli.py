@@ -3,7 +3,7 @@ import pytest
 
 from shadowattn_tvm.cli.deploy import EXIT_FAILED, EXIT_UNAVAILABLE
 from shadowattn_tvm.cli.main import main
-from shadowattn_tvm.runtime.emulated_phone import free_port
+from shadowattn_tvm.emulators.phone import free_port
 
 
 def test_unreachable_tracker_is_one_line_and_nonzero(host_build, capsys):

@@ -10,8 +10,8 @@ import json
 import pytest
 
 from shadowattn_tvm.cli.main import main
-from shadowattn_tvm.runtime import emulated_phone as phone
-from shadowattn_tvm.runtime.phone_image import default_image
+from shadowattn_tvm.emulators import phone
+from shadowattn_tvm.emulators.phone_image import default_image
 from shadowattn_tvm.runtime.trace import validate
 
 pytestmark = pytest.mark.emulated
@@ -56,7 +56,7 @@ def test_status_reports_the_queue(emulated_phone, tmp_path):
 @pytest.mark.slow
 def test_tune_through_the_tracker_on_the_emulated_phone(emulated_phone, tmp_path):
     from shadowattn_tvm.runtime.rpc_session import Endpoint
-    from shadowattn_tvm.schedules.tune import tune
+    from shadowattn_tvm.tuning.driver import tune
 
     endpoint = Endpoint(emulated_phone.host, emulated_phone.tracker_port, emulated_phone.key)
     result = tune("snapdragon-8gen3", trials=2, tokens=64, work_dir=tmp_path / "8gen3", endpoint=endpoint,

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from shadowattn_tvm.npu_abi import receive, send
-from shadowattn_tvm.runtime import emulated_phone as phone
+from shadowattn_tvm.emulators import phone
 from shadowattn_tvm.runtime.deploy import DeployError, deploy
 from shadowattn_tvm.runtime.rpc_session import Endpoint
 
@@ -28,7 +28,7 @@ def service(tmp_path_factory):
     port = phone.free_port()
     log = tmp_path_factory.mktemp("npu") / "npu.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "shadowattn_tvm.runtime.npu_service", "--port", str(port)],
+        proc = subprocess.Popen([sys.executable, "-m", "shadowattn_tvm.emulators.npu_service", "--port", str(port)],
                                 stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 600  # the first start on a machine compiles the driver
     while time.monotonic() < deadline and not _listening(port):

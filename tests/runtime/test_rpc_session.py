@@ -2,7 +2,7 @@ import socket
 
 import pytest
 
-from shadowattn_tvm.runtime.emulated_phone import free_port
+from shadowattn_tvm.emulators.phone import free_port
 from shadowattn_tvm.runtime.rpc_session import Endpoint, RPCUnavailable, check_available, open_session, parse_address
 
 

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from shadowattn_tvm.runtime.rpc_session import Endpoint, RPCUnavailable
-from shadowattn_tvm.schedules.tune import SPARSE_TASK, tune
+from shadowattn_tvm.tuning.driver import SPARSE_TASK, tune
 
 pytestmark = pytest.mark.slow
 quiet = dict(log=lambda _msg: None)

@@ -21,8 +21,8 @@ import tvm
 from shadowattn_tvm._compat import s_tir
 from shadowattn_tvm.ops import reference
 from shadowattn_tvm.ops.npu_graph import bucket_graph, bucket_graph_hvx, bucket_params, hvx_variant
-from shadowattn_tvm.schedules.hexagon import rows_per_block, schedule_bucket_graph
-from shadowattn_tvm.targets import hexagon as hx
+from shadowattn_tvm.targets.hexagon.schedules import rows_per_block, schedule_bucket_graph
+from shadowattn_tvm.targets.hexagon import library as hx
 
 from ..conftest import build_prim
 
@@ -226,7 +226,7 @@ def test_build_rejects_bad_requests(tmp_path):
 
 @pytest.fixture(scope="module")
 def toolchain():
-    from shadowattn_tvm.runtime import hexagon_emulator as emu
+    from shadowattn_tvm.emulators import hexagon as emu
 
     try:
         return emu.ensure_toolchain(log=lambda _msg: None)
@@ -239,7 +239,7 @@ def toolchain():
 @pytest.mark.emulated
 @pytest.mark.parametrize("arch", ARCHS)
 def test_every_graph_runs_exactly_under_qemu_hexagon(libraries, toolchain, arch):
-    from shadowattn_tvm.runtime.hexagon_emulator import run_graphs
+    from shadowattn_tvm.emulators.hexagon import run_graphs
 
     lib, rng = libraries[arch], np.random.default_rng(7)
     inputs, want = {}, {}
@@ -256,7 +256,7 @@ def test_every_graph_runs_exactly_under_qemu_hexagon(libraries, toolchain, arch)
 
 @pytest.mark.emulated
 def test_a_graph_argument_error_surfaces_from_the_device_code(libraries, toolchain):
-    from shadowattn_tvm.runtime.hexagon_emulator import EmulatorError, run_calls
+    from shadowattn_tvm.emulators.hexagon import EmulatorError, run_calls
 
     lib = libraries["v73"]
     key = "test_f1_q16_kv128_c4"

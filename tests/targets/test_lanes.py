@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import tvm
 
-from shadowattn_tvm.schedules import cpu
+from shadowattn_tvm.targets import cpu_kernels as cpu
 from shadowattn_tvm.targets import get, known
 from shadowattn_tvm.targets.lanes import all_lanes, lane_for, lanes_of
 

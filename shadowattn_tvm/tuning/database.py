@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .._compat import Schedule, meta_schedule, structural_hash, tirx, tvm
 from ..ir_attrs import Choice
-from .tune_tasks import normalize, workload_module
+from .tasks import normalize, workload_module
 
 WORKLOADS, RECORDS, BASELINE_FILE = "database_workload.json", "database_tuning_record.json", "shipped_baseline.json"
 _INVALID_SECS = 1e9  # MetaSchedule writes 1e10 s for a failed run

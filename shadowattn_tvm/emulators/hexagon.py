@@ -4,7 +4,7 @@
     scores = run_graphs(lib, {key: {"q": q, "k": k}, ...})     # {key: int32 array}
 
 What it needs, installed on first use (`ensure_toolchain`; `python -m
-shadowattn_tvm.runtime.hexagon_emulator install` does it ahead of time):
+shadowattn_tvm.emulators.hexagon install` does it ahead of time):
   * Debian `qemu-user` (qemu-hexagon 7.2) and `lld` (the library's linker), via apt-get;
   * a Hexagon C library: PyPI `ziglang` (zig ships musl for hexagon-linux-musl), pip-installed
     into ``SHADOWATTN_CACHE/hexagon/ziglang-<version>`` (~340 MB), never into the environment;
@@ -172,7 +172,7 @@ def run_calls(library, calls, *, toolchain: HexagonToolchain | None = None, time
               log=print) -> list:
     """Run graph calls [(key, {"q": array, "k": array}), ...] of `library` (a GraphLibrary or its
     directory) in one qemu-hexagon process; returns each call's outputs (a list of arrays)."""
-    from ..targets.hexagon import GraphLibrary, load_graph_library
+    from ..targets.hexagon.library import GraphLibrary, load_graph_library
 
     lib = library if isinstance(library, GraphLibrary) else load_graph_library(library)
     toolchain = toolchain or ensure_toolchain(log=log)
@@ -208,7 +208,7 @@ def run_graphs(library, inputs, **kwargs) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m shadowattn_tvm.runtime.hexagon_emulator",
+    parser = argparse.ArgumentParser(prog="python -m shadowattn_tvm.emulators.hexagon",
                                      description="Set up or use the Hexagon emulation toolchain.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("install", help="install qemu-user, lld and ziglang; compile the driver")

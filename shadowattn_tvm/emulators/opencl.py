@@ -1,10 +1,10 @@
 """Run generated OpenCL C on PoCL (a CPU OpenCL implementation) through pyopencl: numerics only.
 
-    ctx = opencl_emulator.context()          # installs PoCL with apt on first use (root, Debian)
-    out = opencl_emulator.run(ctx, program, "sat_topk", {"S": scores, "ratio": r}, {"idx": ((1, 4, 8, 5), "int32")})
+    ctx = opencl.context()                   # installs PoCL with apt on first use (root, Debian)
+    out = opencl.run(ctx, program, "sat_topk", {"S": scores, "ratio": r}, {"idx": ((1, 4, 8, 5), "int32")})
 
 Needs the Debian packages ``pocl-opencl-icd ocl-icd-libopencl1`` (installed on demand through
-`runtime.toolchain.apt_install`) and the PyPI package ``pyopencl`` (in the ``test`` extra).
+`emulators.toolchain.apt_install`) and the PyPI package ``pyopencl`` (in the ``test`` extra).
 Debian's PoCL has no ``cl_khr_fp16``: run the fp32 twins of fp16 kernels. No speed signal.
 """
 from __future__ import annotations
@@ -67,7 +67,7 @@ def _scalar(arg, arrays: dict, shapes: dict) -> np.generic:
 
 
 def run(ctx, program, func: str, inputs: dict, outputs: dict) -> dict:
-    """Launch the kernel of PrimFunc `func` from `program` (`targets.opencl.OpenCLProgram`).
+    """Launch the kernel of PrimFunc `func` from `program` (`targets.adreno.opencl.OpenCLProgram`).
 
     inputs: buffer name -> numpy array; outputs: buffer name -> (shape, dtype). Returns the
     outputs as numpy arrays. Arguments are bound by name, in the kernel's own order.

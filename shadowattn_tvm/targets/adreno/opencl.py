@@ -19,7 +19,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Mapping
 
-from .._compat import tirx, tvm
+from ..._compat import tirx, tvm
 
 _GRID = ("blockIdx.x", "blockIdx.y", "blockIdx.z")
 _BLOCK = ("threadIdx.x", "threadIdx.y", "threadIdx.z")
@@ -205,7 +205,7 @@ def build_source(funcs: "Mapping[str, tirx.PrimFunc] | tirx.PrimFunc", target) -
     device_mods = {t: m for t, m in device_mods.items() if t.kind.name == "opencl" and len(m.functions)}
     if not device_mods:
         raise OpenCLBuildError(f"{sorted(funcs)} produced no OpenCL kernel: bind loops to blockIdx/threadIdx "
-                               f"first (schedules.adreno)")
+                               f"first (targets.adreno.schedules)")
     build = tvm.get_global_func("target.build.opencl")
     launches, views = _launches(host_mod)
     sources, kernels = [], []
@@ -220,7 +220,7 @@ def build_source(funcs: "Mapping[str, tirx.PrimFunc] | tirx.PrimFunc", target) -
     missing = sorted(set(funcs) - {k.func for k in kernels})
     if missing:
         raise OpenCLBuildError(f"{missing} produced no OpenCL kernel: bind loops to blockIdx/threadIdx first "
-                               f"(schedules.adreno)")
+                               f"(targets.adreno.schedules)")
     return OpenCLProgram("\n".join(sources), tuple(sorted(kernels, key=lambda k: k.name)))
 
 

@@ -52,7 +52,7 @@ _PLATFORMS = ("manylinux_2_17_aarch64", "manylinux2014_aarch64", "manylinux_2_24
               "manylinux_2_27_aarch64", "manylinux_2_28_aarch64")
 
 _SITECUSTOMIZE = '''\
-"""Written by shadowattn_tvm.runtime.phone_image: children of this interpreter re-exec the launcher."""
+"""Written by shadowattn_tvm.emulators.phone_image: children of this interpreter re-exec the launcher."""
 import sys
 sys.executable = {launcher!r}
 '''
@@ -217,7 +217,7 @@ def _write_if_changed(path: Path, text: str, mode: int = 0o644) -> None:
 def _write_launcher(image: PhoneImage) -> None:
     qemu = shutil.which("qemu-aarch64")
     _write_if_changed(image.launcher,
-                      "#!/bin/sh\n# aarch64 python under qemu-user (written by shadowattn_tvm.runtime.phone_image)\n"
+                      "#!/bin/sh\n# aarch64 python under qemu-user (written by shadowattn_tvm.emulators.phone_image)\n"
                       f'exec "{qemu}" -L "{image.sysroot}" "{image.sysroot}/usr/bin/python{PYTHON}" "$@"\n', 0o755)
     _write_if_changed(image.site / "sitecustomize.py", _SITECUSTOMIZE.format(launcher=str(image.launcher)))
 

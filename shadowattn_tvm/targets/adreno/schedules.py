@@ -7,11 +7,11 @@ Both kernels give one query row (b, h, i) to one work-group of `THREADS` work-it
   q·k dots (kept in local memory), reduce the row max and the softmax sum across the group, and
   then each accumulates p·V for its own output columns.
 * top-k: `ops.topk`'s CPU kernel is a serial per-row search (while loops, a data-dependent
-  compaction), which no GPU schedule can parallelise, so `schedules.adreno_topk` writes a
+  compaction), which no GPU schedule can parallelise, so `targets.adreno.topk` writes a
   work-group-per-row kernel with the same inputs, outputs and selection rule.
 
 Use `sparse_attention(...)` / `topk_indices(...)` (same arguments as the `ops` generators) to get
-scheduled PrimFuncs and `targets.opencl.build_source` for their OpenCL C.
+scheduled PrimFuncs and `targets.adreno.opencl.build_source` for their OpenCL C.
 
 Not registered in `schedules._BY_KIND`: that registry's contract is a full schedule set for a
 whole-model build (absmax, quantize, pilot and sparse attention, applied by SplitSparseAttention
@@ -22,9 +22,9 @@ as standalone OpenCL kernels (`builder.adreno`).
 """
 from __future__ import annotations
 
-from .._compat import Schedule, tirx
-from ..ops import sparse_attention as sparse_ops
-from .adreno_topk import THREADS, topk_indices
+from ..._compat import Schedule, tirx
+from ...ops import sparse_attention as sparse_ops
+from .topk import THREADS, topk_indices
 
 _SPARSE_BLOCKS = ("dot", "logits", "row_max", "prob", "denom", "acc", "out")
 
@@ -73,7 +73,7 @@ def schedule_sparse_attention(func, threads: int = THREADS):
             sch.get_sblock(name)
     except Exception:  # pylint: disable=broad-except  (TVM raises its own error types here)
         raise ValueError("not the TE sparse-attention definition (e.g. the hand-written CPU kernel, which no "
-                         "GPU schedule fits): use schedules.adreno.sparse_attention") from None
+                         "GPU schedule fits): use targets.adreno.schedules.sparse_attention") from None
     out = sch.get_sblock("out")
     b, h, i, e = sch.get_loops(out)
     row = sch.fuse(b, h, i)

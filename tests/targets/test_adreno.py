@@ -8,8 +8,8 @@ from shadowattn_tvm.block import AttentionBlock, CausalMode, KVMap, max_keep_cou
 from shadowattn_tvm.ops import reference as ref
 from shadowattn_tvm.ops import topk as cpu_topk
 from shadowattn_tvm.ops.sparse_attention import sparse_attention as cpu_sparse
-from shadowattn_tvm.schedules import adreno
-from shadowattn_tvm.targets.opencl import OpenCLBuildError, build_source
+from shadowattn_tvm.targets.adreno import schedules as adreno
+from shadowattn_tvm.targets.adreno.opencl import OpenCLBuildError, build_source
 
 GPU = targets.get("snapdragon-8gen3").gpu
 K_MIN = 3
@@ -82,7 +82,7 @@ def test_bad_inputs_raise_clear_errors():
 # ------------------------------------------------------------------------------ emulated (PoCL)
 @pytest.fixture(scope="module")
 def pocl():
-    from shadowattn_tvm.runtime import opencl_emulator
+    from shadowattn_tvm.emulators import opencl as opencl_emulator
 
     try:
         return opencl_emulator.context(log=lambda _msg: None)
@@ -91,7 +91,7 @@ def pocl():
 
 
 def _run(ctx, program, func, inputs, outputs):
-    from shadowattn_tvm.runtime import opencl_emulator
+    from shadowattn_tvm.emulators import opencl as opencl_emulator
 
     return opencl_emulator.run(ctx, program, func, inputs, outputs)
 

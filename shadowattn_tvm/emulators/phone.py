@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .. import settings
 from . import phone_image
-from .rpc_session import tracker_summary
+from ..runtime.rpc_session import tracker_summary
 
 SERVER_SCRIPT = Path(__file__).with_name("_rpc_server_main.py")
 
@@ -178,7 +178,7 @@ def start(key: str = "snapdragon-8gen3", *, kind: ServerKind | str = ServerKind.
     npu_proc, npu_port = None, None
     if npu if npu is not None else kind is ServerKind.EMULATED:
         npu_port = free_port(host)
-        npu_proc = _spawn([sys.executable, "-m", "shadowattn_tvm.runtime.npu_service", "--host", host,
+        npu_proc = _spawn([sys.executable, "-m", "shadowattn_tvm.emulators.npu_service", "--host", host,
                            "--port", str(npu_port)], logs / f"npu-{npu_port}.log", {**os.environ})
     tracker = _spawn([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", host, "--port", str(tracker_port),
                       "--port-end", str(tracker_port + 1), "--silent"], logs / f"tracker-{tracker_port}.log",

@@ -9,9 +9,9 @@ import json
 import pytest
 from tvm import relax
 
-from shadowattn_tvm.schedules.tune import SPARSE_TASK, compare_on_host, tune
-from shadowattn_tvm.schedules.tune_database import BASELINE_FILE, TuningDatabase
-from shadowattn_tvm.schedules.tune_tasks import extract_tasks, model_tasks
+from shadowattn_tvm.tuning.driver import SPARSE_TASK, compare_on_host, tune
+from shadowattn_tvm.tuning.database import BASELINE_FILE, TuningDatabase
+from shadowattn_tvm.tuning.tasks import extract_tasks, model_tasks
 from shadowattn_tvm.targets import get
 
 TOKENS = 64

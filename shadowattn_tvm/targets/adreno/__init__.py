@@ -1,9 +1,9 @@
 """The Adreno GPU lane: top-k and sparse attention of each unmasked block as OpenCL C.
 
-Kernel rules in `schedules.adreno` (GPU thread bindings), source by `targets.opencl`, written by
+Kernel rules in `targets.adreno.schedules` (GPU thread bindings), source by `targets.adreno.opencl`, written by
 `builder.adreno`; the Relax program for an OpenCL target is lowered by TVM's own pipeline.
 """
-from .lanes import Lane
+from ..lanes import Lane
 
 LANE = Lane(
     name="adreno", slot="gpu",

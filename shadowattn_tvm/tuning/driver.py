@@ -27,8 +27,8 @@ from .._compat import meta_schedule, tvm
 from ..runtime.rpc_session import RPCUnavailable, check_available, looks_lost
 from ..targets import DeviceProfile
 from ..targets import get as get_device
-from .tune_database import TuningDatabase, workload_key
-from .tune_tasks import SPARSE_TASK, TuneTask, model_tasks
+from .database import TuningDatabase, workload_key
+from .tasks import SPARSE_TASK, TuneTask, model_tasks
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ attention, the model's matmuls and the rest of its legalized ops. The hand-writt
 top-k kernels are not tunable (no schedulable blocks) and keep their own schedule.
 
 Each task also carries the kernel compile ships without a database (the hand-written kernel, or
-the default CPU schedule of `schedules.cpu_generic`): tuning measures it as the baseline a
+the default CPU schedule of `targets.cpu_generic`): tuning measures it as the baseline a
 tuned record has to beat.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._compat import Schedule, relax, structural_hash, tirx, tvm
-from .cpu_generic import schedule_default
+from ..targets.cpu_generic import schedule_default
 
 SPARSE_TASK = "sparse_attention"  # the task of the sparse kernels' tunable form (kernel sat_sparse_attention_te)
 
@@ -76,7 +76,7 @@ def tunable_module(mod: tvm.IRModule) -> tuple[tvm.IRModule, list]:
     """(`mod` (after phase 2) with every sparse kernel in its TE form, legalized and fused as the
     lowering's schedule stage sees it (`passes.lowering.legalize_stages`), the (hand-written, TE)
     kernel pairs swapped)."""
-    from ..passes.lowering import legalize_stages  # schedules sit below passes: no import cycle
+    from ..passes.lowering import legalize_stages  # tuning sits below passes: imported when called
     from ..passes.use_tunable_kernels import swap_to_tunable
 
     mod, swapped = swap_to_tunable(mod)

@@ -31,11 +31,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .. import settings
-from .._compat import tvm
-from ..ops.npu_graph import HVX_DEPTH, HVX_KEYS, bucket_params
-from ..schedules.hexagon import rows_per_block, schedule_bucket_graph
-from .hexagon_inspect import asm_function, code_bytes, dynamic_symbols, hvx_loop_macs, short_calls
+from ... import settings
+from ..._compat import tvm
+from ...ops.npu_graph import HVX_DEPTH, HVX_KEYS, bucket_params
+from .schedules import rows_per_block, schedule_bucket_graph
+from .inspect import asm_function, code_bytes, dynamic_symbols, hvx_loop_macs, short_calls
 
 MANIFEST = "manifest.json"
 FORMAT = "shadowattn-hexagon-graphs/2"  # 2: K [kv_len, D] once per graph, one k_scale
@@ -227,7 +227,7 @@ def find_linker(linker: str = "ld.lld", *, install: bool = True) -> str:
     """Path of `linker`; installs Debian's lld when it is missing (root on Debian), else raises."""
     path = shutil.which(linker)
     if path is None and install and linker == "ld.lld":
-        from ..runtime.toolchain import ToolchainError, apt_install
+        from ...emulators.toolchain import ToolchainError, apt_install
 
         try:
             apt_install(["lld"], log=lambda _msg: None)
@@ -338,7 +338,7 @@ def _entry(key, name, p, obj, asm, keep_asm, seconds, cached) -> GraphEntry:
 
 def workspace_bytes(params: dict) -> int:
     """Scratch one call of the scheduled graph allocates: the group's K packed once, plus one row
-    block's Q words, biases and accumulators (see `schedules.hexagon`)."""
+    block's Q words, biases and accumulators (see `targets.hexagon.schedules`)."""
     words = -(-params["head_dim"] // HVX_DEPTH)
     keys = -(-params["kv_len"] // HVX_KEYS) * HVX_KEYS
     rows = rows_per_block(params["q_chunk"])

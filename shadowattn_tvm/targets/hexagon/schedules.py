@@ -19,8 +19,8 @@ on it); `targets.hexagon` also turns off `hvx-qfloat` so LLVM cannot vectorize i
 """
 from __future__ import annotations
 
-from .._compat import T, s_tir
-from ..ops.npu_graph import HVX_DEPTH, HVX_KEYS, bucket_graph_hvx, bucket_params, signed_byte
+from ..._compat import T, s_tir
+from ...ops.npu_graph import HVX_DEPTH, HVX_KEYS, bucket_graph_hvx, bucket_params, signed_byte
 
 VRMPY_INTRIN = "shadowattn_hvx_vrmpybus_acc_32x4"
 _ROW_BLOCKS = (4, 2, 1)  # query rows sharing one K vector load (accumulators live in registers)

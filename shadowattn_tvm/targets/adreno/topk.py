@@ -21,9 +21,9 @@ float64 only if r*L lies within ~1e-16 (relative) of an integer + 1e-9.
 """
 from __future__ import annotations
 
-from .._compat import T, tirx
-from ..block import MASKED_BELOW, CausalMode, KVMap
-from ..ops.topk import topk_func
+from ..._compat import T, tirx
+from ...block import MASKED_BELOW, CausalMode, KVMap
+from ...ops.topk import topk_func
 
 THREADS = 64  # work-items per row: one Adreno wave or less
 _INT32_MIN, _INT32_MAX = -(2 ** 31), 2 ** 31 - 1

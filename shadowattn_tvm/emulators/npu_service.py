@@ -1,6 +1,6 @@
 """The emulated phone's NPU: a long-lived process running a build's Hexagon graphs under qemu-hexagon.
 
-    python -m shadowattn_tvm.runtime.npu_service --port P      (started by `emulated_phone.start`)
+    python -m shadowattn_tvm.emulators.npu_service --port P      (started by `emulated_phone.start`)
 
 It stands in for the phone's DSP behind FastRPC. Clients (`_npu_client.py` in the aarch64 RPC
 server) connect over TCP on 127.0.0.1 and send requests (framing: `npu_abi.send`/`receive`):
@@ -31,7 +31,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from ..npu_abi import ServiceError, receive, send
-from . import hexagon_emulator as emu
+from . import hexagon as emu
 
 def _table(path: Path) -> dict:
     manifest = json.loads(path.read_text())
