@@ -28,7 +28,8 @@ from .. import settings
 from . import phone_image
 from ..runtime.rpc_session import tracker_summary
 
-SERVER_SCRIPT = Path(__file__).with_name("_rpc_server_main.py")
+# device side: the script the phone runs lives with the runtime, not with its stand-ins
+SERVER_SCRIPT = Path(__file__).resolve().parent.parent / "runtime" / "_rpc_server_main.py"
 
 
 class PhoneError(RuntimeError):
