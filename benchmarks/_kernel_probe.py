@@ -16,11 +16,13 @@ if _mcpu == "native":
 elif _mcpu != "generic":
     _tgt["mcpu"] = _mcpu
 TARGET = tvm.target.Target(_tgt)
+TARGET.__enter__()  # the kernel generators read their vector widths from the current target
 print("target", _tgt)
 def build(f):
     if f.attrs is None or "global_symbol" not in f.attrs:  # ops leave naming to the Relax pass
         f = f.with_attr("global_symbol", "main")
     return tvm.compile(f, target=TARGET)
+
 CPU = {}  # kernel -> best process CPU time (all threads) of one call, ms: robust on a shared box
 def t(fn, *args, n=int(os.environ.get("REPS", 5))):
     fn(*args); best = cpu = 1e9
@@ -62,7 +64,26 @@ ts = t(sp, tv(q),tv(k),tv(v),idx,o)
 nsel = int((idx.numpy() >= 0).sum())
 print("sparse ms %.2f  (%.1f GFLOP/s, %d selected keys)" % (ts, nsel*4*D/ts/1e6, nsel))
 print("topk+sparse ms %.2f" % (tt + ts))
-print("process CPU ms per call (all threads): pilot %.2f topk %.2f sparse %.2f" % (CPU[3], CPU[4], CPU[5]))
+print("process CPU ms per call (all threads, TVM's idle workers spin too): pilot %.2f topk %.2f sparse %.2f"
+      % (CPU[3], CPU[4], CPU[5]))
+# the CPU pilot's int16 scores (s32 >> score_shift) and top-k over them
+pil16 = build(cpu.schedule_pilot(P.pilot_scores(blk, (B,H,S,D), S, out_dtype="int16")))
+sc16 = tvm.runtime.empty((B,H,S,S),"int16",dev); pil16(q8, k8t, sc16)
+assert (sc16.numpy()[..., vis] == ref.pilot_scores(q8.numpy(), ref.quantize(k, ks_np), blk, "int16")[..., vis]).all()
+tk16 = build(TK.topk_indices(blk, kmin, score_dtype="int16"))
+idx16 = tvm.runtime.empty((B,H,S,kmax),"int32",dev); tk16(sc16, tv(ratios), idx16)
+if S <= 512: assert (idx16.numpy() == ref.topk_indices(sc16.numpy(), ratios, blk, kmin, kmax)).all()
+print("pilot int16 ms %.2f  topk int16 ms %.2f" % (t(pil16, q8, k8t, sc16), t(tk16, sc16, tv(ratios), idx16)))
+# group mode: one selection per KV head and query row
+from shadowattn_tvm.ops import topk_group as TG
+tkg = build(TG.topk_group_indices(blk, kmin))
+idxg = tvm.runtime.empty((B,HKV,S,kmax),"int32",dev); rg = tv(np.full(HKV, 0.2)); tk_s = tv(ks_np)
+tkg(sc, rg, qs, tk_s, idxg)
+if S <= 512: assert (idxg.numpy() == ref.topk_group_indices(scr, np.full(HKV, 0.2), blk, kmin, kmax, qs.numpy(), ks_np)).all()
+spg = build(SA.sparse_attention_group(blk, (B,H,S,D), S, D, kmax))
+og = tvm.runtime.empty((B,H,S,D),"float32",dev); spg(tv(q),tv(k),tv(v),idxg,og)
+np.testing.assert_allclose(og.numpy(), ref.sparse_attention_group(q,k,v,idxg.numpy(),blk), rtol=1e-4, atol=1e-4)
+print("group topk ms %.2f  group sparse ms %.2f" % (t(tkg, sc, rg, qs, tk_s, idxg), t(spg, tv(q),tv(k),tv(v),idxg,og)))
 # masked variant
 mask = np.where(rng.random((1,1,S,S))<0.1, -1e9, rng.standard_normal((1,1,S,S))*0.1).astype("float32")
 blk2 = AttentionBlock(0,H,HKV,D,CausalMode.NONE,D**-0.5,"float32", has_mask=True)

@@ -8,26 +8,45 @@ it) is guaranteed; the causally masked part of a row is partly computed and part
 unwritten, i.e. undefined. Top-k never reads it. Without a causal mode every score is written.
 
 Hand-written, already scheduled TIR: a parallel task owns a tile of 4 query rows of one head and
-walks 16-column blocks of keys up to the tile's last visible key; the 4x16 int32 accumulators
-stay in registers while d runs, each k vector (16 int8 widened) is reused by the 4 rows.
+walks blocks of JV key columns (two int32 vectors of the target, `_isa`: 16 on AVX2, 8 on NEON)
+up to the tile's last visible key; the 4 x JV int32 accumulators stay in registers while d runs,
+each k vector (JV int8 widened) is reused by the 4 rows.
+
+``out_dtype="int16"`` (CPU lanes only: the NPU graphs and the Hexagon lane produce int32) writes
+s32 >> `score_shift(D)`, which fits int16 for any int8 operands, and halves the bytes top-k reads;
+`topk_indices(..., score_dtype="int16")` ranks them as s16 << shift.
 """
 from __future__ import annotations
 
+import math
+
 from .._compat import T
 from ..block import CausalMode, KVMap
+from ._isa import current_isa
 from ._shapes import fresh_shape
 
 _RI = 4  # query rows per tile
-_JV = 16  # key columns per vector block
 
 
-def pilot_scores(block, q_shape, kv_len):
+def score_shift(head_dim: int) -> int:
+    """The right shift that fits every int8 Q·Kᵀ of `head_dim` terms (|s| <= D * 127²) into int16."""
+    return max(0, math.ceil(math.log2(int(head_dim) * 127 * 127 / 32767)))
+
+
+def pilot_scores(block, q_shape, kv_len, out_dtype: str = "int32", isa=None):
     fresh_shape(q_shape, ("batch", "heads", "q_len", "head_dim"))  # validates the dims
+    if out_dtype not in ("int32", "int16"):
+        raise ValueError(f"pilot scores are int32 or int16, not {out_dtype}")
+    shift = score_shift(block.head_dim) if out_dtype == "int16" else 0
+    _JV = 2 * current_isa(isa).lanes()
     bottom_right = int(block.causal == CausalMode.BOTTOM_RIGHT)
     no_causal = int(block.causal == CausalMode.NONE)
     group, kv_heads = block.group, block.num_kv_heads
     tiled = int(block.kv_map == KVMap.TILE)
     RI, JV = _RI, _JV
+
+    def narrow(x):
+        return x if not shift else T.Cast(out_dtype, T.shift_right(x, shift))
 
     def kvh(h):
         if group == 1:
@@ -49,7 +68,7 @@ def pilot_scores(block, q_shape, kv_len):
                             acc[r, jj] = acc[r, jj] + T.Cast("int32", Q8[b, h, i0 + r, d]) * T.Cast("int32", K8T[b, hk, d, jt * JV + jj])
                 for r in T.unroll(nrows):
                     for jj in T.vectorized(JV):
-                        OUT[b, h, i0 + r, jt * JV + jj] = acc[r, jj]
+                        OUT[b, h, i0 + r, jt * JV + jj] = narrow(acc[r, jj])
             else:
                 # ragged last block (Skv not a multiple of JV): scalar
                 for r in range(nrows):
@@ -57,7 +76,7 @@ def pilot_scores(block, q_shape, kv_len):
                         acc[0, 0] = 0
                         for d in range(D):
                             acc[0, 0] = acc[0, 0] + T.Cast("int32", Q8[b, h, i0 + r, d]) * T.Cast("int32", K8T[b, hk, d, jt * JV + j])
-                        OUT[b, h, i0 + r, jt * JV + j] = acc[0, 0]
+                        OUT[b, h, i0 + r, jt * JV + j] = narrow(acc[0, 0])
 
     @T.prim_func
     def pilot(q_h: T.handle, k_h: T.handle, o_h: T.handle):
@@ -65,7 +84,7 @@ def pilot_scores(block, q_shape, kv_len):
         B, H, SQ, SKV, D = T.int64(), T.int64(), T.int64(), T.int64(), T.int64()
         Q8 = T.match_buffer(q_h, (B, H, SQ, D), "int8")
         K8T = T.match_buffer(k_h, (B, kv_heads, D, SKV), "int8")
-        OUT = T.match_buffer(o_h, (B, H, SQ, SKV), "int32")
+        OUT = T.match_buffer(o_h, (B, H, SQ, SKV), out_dtype)
         NT = T.Bind((SQ + RI - 1) // RI)
         for task in T.parallel(B * H * NT):
             b = T.Bind(task // (H * NT))

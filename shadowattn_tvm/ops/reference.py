@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..block import MASKED_BELOW, AttentionBlock, CausalMode, KVMap, keep_count
+from .pilot import score_shift
 
 
 def kv_index(block: AttentionBlock) -> np.ndarray:
@@ -27,9 +28,20 @@ def quantize(x: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return np.clip(value, -127, 127).astype(np.int8)
 
 
-def pilot_scores(q8: np.ndarray, k8: np.ndarray, block: AttentionBlock) -> np.ndarray:
+def pilot_scores(q8: np.ndarray, k8: np.ndarray, block: AttentionBlock, out_dtype: str = "int32") -> np.ndarray:
+    """int32 Q·Kᵀ of the int8 operands; "int16": s32 >> score_shift(D) (the CPU pilot's option)."""
     k8 = k8[:, kv_index(block)].astype(np.int32)
-    return np.einsum("bhid,bhjd->bhij", q8.astype(np.int32), k8)
+    scores = np.einsum("bhid,bhjd->bhij", q8.astype(np.int32), k8)
+    if out_dtype == "int16":
+        return (scores >> score_shift(block.head_dim)).astype(np.int16)
+    return scores
+
+
+def widen_scores(scores: np.ndarray, block: AttentionBlock) -> np.ndarray:
+    """int32 scores top-k ranks: int16 pilot scores s16 count as s16 << score_shift(D)."""
+    if scores.dtype == np.int16:
+        return scores.astype(np.int32) << score_shift(block.head_dim)
+    return scores
 
 
 def visible(block: AttentionBlock, q_len: int, kv_len: int, mask=None) -> np.ndarray:
@@ -50,6 +62,7 @@ def visible(block: AttentionBlock, q_len: int, kv_len: int, mask=None) -> np.nda
 
 def topk_indices(scores, ratios, block, k_min, top_k, mask=None, q_scale=None, k_scale=None):
     """Same rule as ops.topk: ranking, k per row, ties to the lower index, ascending, -1 padded."""
+    scores = widen_scores(scores, block)
     b, h, sq, skv = scores.shape
     if mask is not None:
         deq = (q_scale * k_scale[kv_index(block)] * np.float32(block.scale)).astype(np.float32)
@@ -112,3 +125,48 @@ def topk_recall(float_logits: np.ndarray, idx: np.ndarray, vis: np.ndarray) -> f
         hits += len(np.intersect1d(truth, chosen))
         total += k
     return hits / total if total else 1.0
+
+
+def group_heads(block: AttentionBlock, kv: int) -> np.ndarray:
+    """The query heads reading KV head `kv` (interleave or tile)."""
+    return np.nonzero(kv_index(block) == kv)[0]
+
+
+def topk_group_indices(scores, ratios, block, k_min, top_k, q_scale, k_scale, mask=None):
+    """Group mode (`ops.topk_group`): one selection per (KV head, query row), ranked by
+    max over the group's heads of the dequantised logit's gap to the head's row maximum."""
+    scores = widen_scores(scores, block)
+    b, h, sq, skv = scores.shape
+    kvh = kv_index(block)
+    deq = (q_scale * k_scale[kvh] * np.float32(block.scale)).astype(np.float32)
+    vis = visible(block, sq, skv)[0, 0]
+    out = np.full((b, block.num_kv_heads, sq, top_k), -1, np.int32)
+    for bb in range(b):
+        for kv in range(block.num_kv_heads):
+            for i in range(sq):
+                rank = np.full(skv, -np.inf, np.float32)
+                for hh in group_heads(block, kv):
+                    row = scores[bb, hh, i]
+                    if mask is None:
+                        ok = vis[i]
+                        if not ok.any():
+                            continue
+                        gap = (row - row[ok].max()).astype(np.float32) * deq[hh]
+                    else:
+                        m = mask[0 if mask.shape[0] == 1 else bb, 0 if mask.shape[1] == 1 else hh, i].astype(np.float32)
+                        ok = vis[i] & (m > MASKED_BELOW)
+                        if not ok.any():
+                            continue
+                        logit = row.astype(np.float32) * deq[hh] + m
+                        gap = (logit - logit[ok].max()).astype(np.float32)
+                    rank = np.maximum(rank, np.where(ok, gap, -np.inf).astype(np.float32))
+                cand = np.nonzero(rank > -np.inf)[0]
+                k = min(keep_count(float(ratios[kv]), skv, k_min, len(cand)), top_k)
+                order = cand[np.lexsort((cand, -rank[cand]))][:k]
+                out[bb, kv, i, :k] = np.sort(order)
+    return out
+
+
+def sparse_attention_group(q, k, v, idx_group, block: AttentionBlock, mask=None) -> np.ndarray:
+    """Group mode: every query head uses its KV head's selection idx_group [B,Hkv,Sq,K]."""
+    return sparse_attention(q, k, v, idx_group[:, kv_index(block)], block, mask)

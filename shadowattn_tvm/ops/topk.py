@@ -9,21 +9,28 @@ float(score) * q_scale[h] * k_scale[kv(h)] * scale + mask, i.e. the float logit 
 block would rank by. Only the visible prefix of each score row is read (the pilot may leave
 the causally masked part of `scores` undefined).
 
-Selection is exact: each row's ranking is mapped to an order-preserving int32 key, a vectorised
-pass finds the key range [min, max], and a bisection on the threshold value (each step one
-vectorised count of keys >= t over the row, which stays in L1) finds the k-th largest key t.
-Keys > t are kept, keys == t fill the remaining slots in index order (ties go to the lower key
-index), and indices are written in ascending order (gathers then walk K/V forwards); unused
-slots hold -1.
+Selection is exact. A row's ranking is an order-preserving int32 key (the score itself, or the
+logit's bits with the magnitude bits of negative values flipped, masked keys INT32_MIN); one
+vectorised pass gets the key range (and, unmasked, mean and variance for a normal-quantile first
+guess), then a search on the threshold value (each step one vectorised count of keys >= t over
+the row, which stays in L1; interpolation with interleaved bisection) finds the k-th largest key
+t. The output is one vectorised compaction pass: each chunk of keys' flags (key > t, or key == t
+up to the index where the ties k needs run out: ties go to the lower index) become a bit mask
+that indexes a table of lane positions, and the chunk's indices are stored at once, so indices
+come out ascending. Unused slots hold -1. A row with k >= V writes 0..V-1 directly.
 
-Rows are independent and each owns its scratch, so the parallel row loop has no shared state.
+Vector widths come from the target (`_isa`). Rows are independent and each task owns its
+scratch, so the parallel row loop has no shared state (the lane table is built before it).
 """
 from __future__ import annotations
 
 from .._compat import T, tirx
 from ..block import CEIL_EPS, MASKED_BELOW, CausalMode, KVMap
+from ._isa import bcast, current_isa, vec, vmax_all, vmin_all, vsum_all
+from .pilot import score_shift
 
 _ROWS = 16  # rows per parallel task
+INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
 
 
 def _normal_guess(total, total_sq, n, k):
@@ -40,149 +47,272 @@ def _normal_guess(total, total_sq, n, k):
     return mean + tirx.Select(p <= f64(0.5), z, -z) * std
 
 
-def topk_indices(block, k_min: int, mask_shape=None):
-    """PrimFunc (scores, ratio[H] f64[, q_scale[H], k_scale[Hkv], mask], idx) -> None."""
+def float_key(value):
+    """Order-preserving int32 key of a float32 (signed int order == float order)."""
+    lanes = int(value.ty.dtype.lanes)
+    i32 = lambda x: bcast(tirx.const(x, "int32"), lanes) if lanes > 1 else tirx.const(x, "int32")  # noqa: E731
+    bits = tirx.reinterpret(f"int32x{lanes}" if lanes > 1 else "int32", value)
+    return tirx.bitwise_xor(bits, tirx.bitwise_and(tirx.shift_right(bits, i32(31)), i32(0x7FFFFFFF)))
+
+
+def keep_budget(ratio, skv, kmax, k_min: int):
+    """min(K, max(k_min, ceil(ratio * Skv))) as int64 (the visible-count bound is the caller's)."""
+    return T.min(kmax, T.max(T.int64(k_min), T.Cast("int64", T.ceil(ratio * T.Cast("float64", skv) - CEIL_EPS))))
+
+
+def row_selector(isa, masked: bool, key_dtype: str = "int32"):
+    """Macros shared by the per-head and the group top-k: `build_lut` (before the parallel loop)
+    and `select_row`, which writes the top `kk` of the keys X[0:lim] (int32 or int16; nval of them
+    valid, invalid ones INT32_MIN when `masked`) to OUT[0:KMAX] as ascending indices, -1 padded.
+    The compaction writes whole chunks, up to CW - 1 slots past the last index: into CB, a scratch
+    row then copied to OUT, or (`direct`) into OUT itself (the view OUTW), when the CW slots after
+    OUT belong to later rows of the same task, which overwrite them afterwards.
+    Scratch: st int64[8], ik key_dtype[2 WK], fv float32[8 WK], cnt int32[1] (WK = key lanes)."""
+    W = isa.lanes()
+    WK = isa.lanes(int(key_dtype[3:]))  # lanes of the range and count passes
+    CW = min(W, 8)  # compaction chunk: its flag mask indexes a 2^CW x CW table
+    # per-lane counts of int16 keys are int16: sum them every 4096 vectors
+    CBLK = 4096 if key_dtype == "int16" else 1 << 30
+    kd = key_dtype
+    imin, imax = tirx.const(INT32_MIN, "int32"), tirx.const(INT32_MAX, "int32")
+    kmin_, kmax_ = (imin, imax) if kd == "int32" else (tirx.const(-32768, kd), tirx.const(32767, kd))
+    lane_bits = tirx.shift_left(bcast(tirx.const(1, "int32"), CW), tirx.Ramp(tirx.const(0, "int32"), 1, CW))
+    x86_mask = {("avx2", 8): "llvm.x86.avx.movmsk.ps.256", ("avx512", 8): "llvm.x86.avx.movmsk.ps.256",
+                ("sse", 4): "llvm.x86.sse.movmsk.ps"}.get((isa.name, CW))
+
+    def bits_of(flags):
+        """The lanes' flags as the bits of an int32 (movmskps on x86; an or-reduction elsewhere)."""
+        if x86_mask is not None:
+            ones = tirx.Select(flags, bcast(tirx.const(-1, "int32"), CW), bcast(tirx.const(0, "int32"), CW))
+            return tirx.call_llvm_pure_intrin("int32", x86_mask, tirx.reinterpret(f"float32x{CW}", ones))
+        return vsum_all(tirx.Select(flags, lane_bits, bcast(tirx.const(0, "int32"), CW)), CW)
+
+    @T.macro
+    def build_lut(LUT):
+        for m in range(1 << CW):
+            for e in range(CW):
+                LUT[m, e] = 0
+            LUT[m, CW] = 0  # slot counter while building
+            for e in range(CW):
+                if T.bitwise_and(T.shift_right(m, e), 1) == 1:
+                    LUT[m, LUT[m, CW]] = e
+                    LUT[m, CW] = LUT[m, CW] + 1
+
+    @T.macro
+    def count_ge(X, lim, mid, ik, out):
+        """out[0] = count(X[0:lim] >= mid), vectorised."""
+        out[0] = 0
+        nvec = T.Bind(lim // WK)
+        for cb in range((nvec + CBLK - 1) // CBLK):
+            ik[T.Ramp(0, 1, WK)] = bcast(T.Cast(kd, 0), WK)
+            for c in range(cb * CBLK, T.min(nvec, cb * CBLK + CBLK)):
+                ik[T.Ramp(0, 1, WK)] = ik[T.Ramp(0, 1, WK)] + T.Select(vec(X, [c * WK], WK) >= bcast(mid, WK), bcast(T.Cast(kd, 1), WK), bcast(T.Cast(kd, 0), WK))
+            out[0] = out[0] + vsum_all(T.Cast(f"int32x{WK}", ik[T.Ramp(0, 1, WK)]), WK)
+        for j in range(nvec * WK, lim):
+            out[0] = out[0] + T.Cast("int32", X[j] >= mid)
+
+    @T.macro
+    def compact_ge(X, j0, j1, thr, LUT, CB, slot):
+        """Append to CB[slot:] the ascending j in [j0, j1) with X[j] >= thr."""
+        for c in range((j1 - j0) // CW):
+            m = T.Bind(bits_of(vec(X, [j0 + c * CW], CW, "int32") >= bcast(thr, CW)))
+            CB[T.Ramp(slot[0], 1, CW)] = vec(LUT, [m, 0], CW) + bcast(T.Cast("int32", j0 + c * CW), CW)
+            slot[0] = slot[0] + T.popcount(m)
+        for j in range(j0 + (j1 - j0) // CW * CW, j1):
+            CB[slot[0]] = T.Cast("int32", j)
+            slot[0] = slot[0] + T.Cast("int32", T.Cast("int32", X[j]) >= thr)
+
+    @T.macro
+    def range_step(X, j, u, ik, fv):
+        """One vector of the range pass: min/max of the (valid) keys, partial sums u."""
+        xv = T.Bind(vec(X, [j], WK))
+        if masked:
+            ik[T.Ramp(0, 1, WK)] = T.min(ik[T.Ramp(0, 1, WK)], T.Select(xv == bcast(kmin_, WK), bcast(kmax_, WK), xv))
+        else:
+            ik[T.Ramp(0, 1, WK)] = T.min(ik[T.Ramp(0, 1, WK)], xv)
+            xf = T.Bind(T.Cast(f"float32x{WK}", xv))
+            fv[T.Ramp(u * WK, 1, WK)] = fv[T.Ramp(u * WK, 1, WK)] + xf
+            fv[T.Ramp((4 + u) * WK, 1, WK)] = fv[T.Ramp((4 + u) * WK, 1, WK)] + xf * xf
+        ik[T.Ramp(WK, 1, WK)] = T.max(ik[T.Ramp(WK, 1, WK)], xv)
+
+    @T.macro
+    def select_row(X, lim, kk, nval, LUT, CB, OUTW, OUT, direct, st, ik, fv, cnt):
+        # st: 0 lo, 1 hi, 2 count(X >= lo), 3 count(X > hi), 4 jcut, 5 ties still needed
+        KMAX = OUT.shape[0]
+        if kk >= lim:  # every visible key (then nval == lim)
+            for c in range(kk // W):
+                OUT[T.Ramp(c * W, 1, W)] = T.Ramp(T.Cast("int32", c * W), 1, W)
+            for j in range(kk // W * W, kk):
+                OUT[j] = T.Cast("int32", j)
+            cnt[0] = T.Cast("int32", kk)
+        elif kk > 0:
+            # range of the valid keys, and (unmasked) float sums for the first guess: four partial
+            # sums each, so the float adds' latency hides behind the loads
+            ik[T.Ramp(0, 1, WK)] = bcast(kmax_, WK)
+            ik[T.Ramp(WK, 1, WK)] = bcast(kmin_, WK)
+            for u in T.unroll(8):
+                fv[T.Ramp(u * WK, 1, WK)] = bcast(T.float32(0), WK)
+            for c4 in range(lim // (4 * WK)):
+                for u in T.unroll(4):
+                    range_step(X, (c4 * 4 + u) * WK, u, ik, fv)
+            for c in range(lim // (4 * WK) * 4, lim // WK):
+                range_step(X, c * WK, 0, ik, fv)
+            st[0] = T.Cast("int64", vmin_all(ik[T.Ramp(0, 1, WK)], WK))
+            st[1] = T.Cast("int64", vmax_all(ik[T.Ramp(WK, 1, WK)], WK))
+            fv[0] = vsum_all((fv[T.Ramp(0, 1, WK)] + fv[T.Ramp(WK, 1, WK)]) + (fv[T.Ramp(2 * WK, 1, WK)] + fv[T.Ramp(3 * WK, 1, WK)]), WK)
+            fv[1] = vsum_all((fv[T.Ramp(4 * WK, 1, WK)] + fv[T.Ramp(5 * WK, 1, WK)]) + (fv[T.Ramp(6 * WK, 1, WK)] + fv[T.Ramp(7 * WK, 1, WK)]), WK)
+            for j in range(lim // WK * WK, lim):
+                if not masked or X[j] != kmin_:
+                    st[0] = T.min(st[0], T.Cast("int64", X[j]))
+                st[1] = T.max(st[1], T.Cast("int64", X[j]))
+                fv[0] = fv[0] + T.Cast("float32", X[j])
+                fv[1] = fv[1] + T.Cast("float32", X[j]) * T.Cast("float32", X[j])
+            st[2] = nval
+            st[3] = T.int64(0)
+            # invariant count(X >= lo) >= kk > count(X > hi); guesses interpolate the count linearly
+            # between the bounds, bisection steps interleaved so the worst case stays logarithmic
+            st[7] = T.int64(0)
+            if not masked:
+                st[6] = T.Cast("int64", T.round(T.max(T.min(_normal_guess(fv[0], fv[1], lim, kk), T.float64(2.0 ** 31)), T.float64(-(2.0 ** 31)))))
+            while st[0] < st[1] and st[2] > kk:
+                step = T.Bind(st[7])
+                st[7] = st[7] + 1
+                span = T.Bind(st[1] - st[0] + T.int64(1))
+                guess = T.Bind(st[0] + T.Cast("int64", T.Cast("float64", span) * (T.Cast("float64", st[2] - kk) + T.float64(0.5)) / T.Cast("float64", st[2] - st[3])))
+                if masked:
+                    mid = T.Bind(T.Select(step % 2 == 0, T.min(T.max(guess, st[0] + T.int64(1)), st[1]), st[0] + T.shift_right(span, T.int64(1))))
+                else:
+                    mid = T.Bind(T.Select(step % 3 == 2, st[0] + T.shift_right(span, T.int64(1)), T.min(T.max(T.Select(step == 0, st[6], guess), st[0] + T.int64(1)), st[1])))
+                count_ge(X, lim, T.Cast(kd, mid), ik, cnt)
+                if T.Cast("int64", cnt[0]) >= kk:
+                    st[0] = mid
+                    st[2] = T.Cast("int64", cnt[0])
+                    if T.Cast("int64", cnt[0]) == kk:
+                        st[1] = mid
+                else:
+                    st[1] = mid - T.int64(1)
+                    st[3] = T.Cast("int64", cnt[0])
+            # t = lo; keys == t are taken in index order up to the (kk - count(> t))-th
+            st[4] = T.int64(INT32_MAX)
+            if st[2] > kk:
+                # ties at t: whole chunks of WK keys while they hold fewer ties than still needed,
+                # then key by key
+                st[5] = kk - st[3]
+                st[4] = T.int64(0)
+                st[6] = T.int64(0)
+                while st[4] + WK <= lim and st[6] < st[5]:
+                    st[6] = T.Cast("int64", vsum_all(T.Select(vec(X, [st[4]], WK) == bcast(T.Cast(kd, st[0]), WK), bcast(T.int32(1), WK), bcast(T.int32(0), WK)), WK))
+                    if st[6] < st[5]:
+                        st[5] = st[5] - st[6]
+                        st[4] = st[4] + WK
+                st[4] = st[4] - 1
+                while st[5] > 0:
+                    st[4] = st[4] + 1
+                    if T.Cast("int64", X[st[4]]) == st[0]:
+                        st[5] = st[5] - 1
+            # keys > t everywhere, keys == t up to jcut: two ">=" compactions split at jcut
+            cnt[0] = 0
+            jc = T.Bind(T.min(st[4] + 1, lim))
+            if direct:
+                compact_ge(X, T.int64(0), jc, T.Cast("int32", st[0]), LUT, OUTW, cnt)
+                if st[0] < T.int64(INT32_MAX):
+                    compact_ge(X, jc, lim, T.Cast("int32", st[0] + 1), LUT, OUTW, cnt)
+            else:
+                compact_ge(X, T.int64(0), jc, T.Cast("int32", st[0]), LUT, CB, cnt)
+                if st[0] < T.int64(INT32_MAX):
+                    compact_ge(X, jc, lim, T.Cast("int32", st[0] + 1), LUT, CB, cnt)
+                for c in range(kk // W):
+                    OUT[T.Ramp(c * W, 1, W)] = CB[T.Ramp(c * W, 1, W)]
+                for j in range(kk // W * W, kk):
+                    OUT[j] = CB[j]
+            cnt[0] = T.Cast("int32", kk)
+        else:
+            cnt[0] = 0
+        for j in range(T.Cast("int64", cnt[0]), KMAX):
+            OUT[j] = -1
+
+    return build_lut, select_row, CW, WK
+
+
+def topk_indices(block, k_min: int, mask_shape=None, isa=None, score_dtype: str = "int32"):
+    """PrimFunc (scores, ratio[H] f64[, q_scale[H], k_scale[Hkv], mask], idx) -> None.
+
+    score_dtype "int16": the pilot's `pilot_scores(..., out_dtype="int16")` scores s16 = s32 >> shift;
+    the ranking is that of s16 << shift (the int32 rule applied to them; see `pilot.score_shift`)."""
+    isa = current_isa(isa)
+    shift = score_shift(block.head_dim) if score_dtype == "int16" else 0
     has_mask = mask_shape is not None
     mask_b1 = has_mask and int(mask_shape[0]) == 1
     mask_h1 = has_mask and int(mask_shape[1]) == 1
-    # Visible prefix of a row: min(Skv, i + 1 + br * (Skv - Sq) + none * Skv), clamped at 0.
     bottom_right = int(block.causal == CausalMode.BOTTOM_RIGHT)
     no_causal = int(block.causal == CausalMode.NONE)
     group, kv_heads = block.group, block.num_kv_heads
     tiled = int(block.kv_map == KVMap.TILE)
-    scale, kmin, masked_below, eps = float(block.scale), int(k_min), float(MASKED_BELOW), CEIL_EPS
-    i32 = lambda x: tirx.const(x, "int32")  # noqa: E731
+    scale, masked_below = float(block.scale), float(MASKED_BELOW)
     zero64 = tirx.const(0, "int64")
+    W = isa.lanes()
+    build_lut, select_row, CW, WK = row_selector(isa, has_mask, "int32" if has_mask else score_dtype)
 
-    def mval(MASK, b, h, i, j):
-        return MASK[zero64 if mask_b1 else b, zero64 if mask_h1 else h, i, j].astype("float32")
+    def mval(MASK, b, h, i, j, lanes):
+        return vec(MASK, [zero64 if mask_b1 else b, zero64 if mask_h1 else h, i, j], lanes, "float32")
 
-    def key(S, MASK, deq, b, h, i, j):
-        """Order-preserving int32 key: the score itself, or the float logit's bits with the
-        magnitude bits of negative values flipped (so signed int order == float order)."""
-        if not has_mask:
-            return S[b, h, i, j]
-        bits = tirx.reinterpret("int32", S[b, h, i, j].astype("float32") * deq + mval(MASK, b, h, i, j))
-        return tirx.bitwise_xor(bits, tirx.bitwise_and(tirx.shift_right(bits, i32(31)), i32(0x7FFFFFFF)))
-
-    def valid(MASK, b, h, i, j):
-        """1 for a selectable key (int32), 0 for one the additive mask removes."""
-        if not has_mask:
-            return i32(1)
-        return (mval(MASK, b, h, i, j) > tirx.const(masked_below, "float32")).astype("int32")
+    def masked_key(S, MASK, deq, b, h, i, j, lanes):
+        """(key, valid) of keys j..j+lanes-1: the logit's order-preserving key, INT32_MIN if masked."""
+        m = mval(MASK, b, h, i, j, lanes)
+        score = vec(S, [b, h, i, j], lanes, "int32")
+        if shift:
+            score = tirx.shift_left(score, bcast(tirx.const(shift, "int32"), lanes))
+        logit = tirx.Cast(f"float32x{lanes}" if lanes > 1 else "float32", score) * bcast(deq, lanes) + m
+        ok = m > bcast(tirx.const(masked_below, "float32"), lanes)
+        return tirx.Select(ok, float_key(logit), bcast(tirx.const(INT32_MIN, "int32"), lanes)), ok
 
     @T.macro
     def select_rows(S, RATIO, QS, KS, MASK, IDX):
         B, H, SQ, SKV, KMAX = S.shape[0], S.shape[1], S.shape[2], S.shape[3], IDX.shape[3]
+        LUT = T.alloc_buffer((1 << CW, CW + 1), "int32", scope="global")
+        build_lut(LUT)
         for blk in T.parallel((B * H * SQ + _ROWS - 1) // _ROWS):
-            # Scalars live in small "global"-scope buffers: TVM 0.27 lowers "local" allocations
-            # on CPU to TVMBackendAllocWorkspace calls, which LLVM cannot keep in registers,
-            # while small global-scope ones become (per-thread) stack slots.
-            # st: 0 L, 1 lo, 2 hi, 3 count >= lo, 4 count > hi, 5 written, 6 j, 7 ties left
+            # "global" scope: small per-task stack buffers (TVM 0.27 lowers "local" ones to
+            # workspace calls that LLVM cannot keep in registers)
             st = T.alloc_buffer((8,), "int64", scope="global")
+            iv = T.alloc_buffer((2 * W,), "int32", scope="global")
+            ik = T.alloc_buffer((2 * WK,), "int32" if has_mask else score_dtype, scope="global")
+            fv = T.alloc_buffer((8 * WK,), "float32", scope="global")
             cnt = T.alloc_buffer((1,), "int32", scope="global")
-            mn = T.alloc_buffer((1,), "int32", scope="global")
-            mx = T.alloc_buffer((1,), "int32", scope="global")
-            sm = T.alloc_buffer((2,), "int64", scope="global")
+            CB = T.alloc_buffer((SKV + CW,), "int32", scope="global")
+            KR = T.alloc_buffer((SKV + W,) if has_mask else (1,), "int32", scope="global")
             for r in range(T.min(T.int64(_ROWS), B * H * SQ - blk * _ROWS)):
                 row = T.Bind(blk * _ROWS + r)
                 b = T.Bind(row // (H * SQ))
                 h = T.Bind(row // SQ % H)
                 i = T.Bind(row % SQ)
                 lim = T.Bind(T.max(T.min(SKV, i + 1 + bottom_right * (SKV - SQ) + no_causal * SKV), T.int64(0)))
+                OUT = T.decl_buffer((KMAX,), "int32", data=IDX.data, elem_offset=row * KMAX, align=4, offset_factor=1)
+                direct = T.Bind((r + 1) * KMAX + CW <= T.min(T.int64(_ROWS), B * H * SQ - blk * _ROWS) * KMAX)
+                OUTW = T.decl_buffer((KMAX + CW,), "int32", data=IDX.data, elem_offset=row * KMAX, align=4, offset_factor=1)
+                budget = T.Bind(keep_budget(RATIO[h], SKV, KMAX, k_min))
                 if has_mask:
                     deq = T.Bind(QS[h] * KS[(1 - tiled) * (h // group) + tiled * (h % kv_heads)] * T.float32(scale))
+                    iv[T.Ramp(0, 1, W)] = bcast(T.int32(0), W)
+                    for c in range(lim // W):
+                        key, ok = masked_key(S, MASK, deq, b, h, i, c * W, W)
+                        KR[T.Ramp(c * W, 1, W)] = key
+                        iv[T.Ramp(0, 1, W)] = iv[T.Ramp(0, 1, W)] + T.Cast(f"int32x{W}", ok)
+                    cnt[0] = vsum_all(iv[T.Ramp(0, 1, W)], W)
+                    for j in range(lim // W * W, lim):
+                        key1, ok1 = masked_key(S, MASK, deq, b, h, i, j, 1)
+                        KR[j] = key1
+                        cnt[0] = cnt[0] + T.Cast("int32", ok1)
+                    nval = T.Bind(T.Cast("int64", cnt[0]))
+                    select_row(KR, lim, T.min(budget, nval), nval, LUT, CB, OUTW, OUT, direct, st, ik, fv, cnt)
                 else:
-                    deq = T.Bind(T.float32(0))
-                mn[0] = T.int32(2147483647)
-                mx[0] = T.int32(-2147483648)
-                if has_mask:
-                    cnt[0] = 0
-                    for j in range(lim):
-                        ok = T.Bind(valid(MASK, b, h, i, j))
-                        kj = T.Bind(key(S, MASK, deq, b, h, i, j))
-                        cnt[0] = cnt[0] + ok
-                        mn[0] = T.min(mn[0], T.Select(ok > 0, kj, T.int32(2147483647)))
-                        mx[0] = T.max(mx[0], T.Select(ok > 0, kj, T.int32(-2147483648)))
-                    st[0] = T.Cast("int64", cnt[0])
-                else:
-                    st[0] = lim
-                kk = T.Bind(T.min(T.min(st[0], KMAX), T.max(T.int64(kmin), T.Cast("int64", T.ceil(RATIO[h] * T.Cast("float64", SKV) - eps)))))
-                # threshold t = st[1]; keys > t all kept, st[7] keys == t taken in index order
-                st[1] = T.int64(-2147483648)
-                st[3] = st[0]
-                st[4] = T.int64(0)
-                if kk < st[0]:
-                    if not has_mask:
-                        # one vectorised pass: range, plus mean and variance for a first guess
-                        sm[0] = T.int64(0)
-                        sm[1] = T.int64(0)
-                        for j in range(lim):
-                            mn[0] = T.min(mn[0], S[b, h, i, j])
-                            mx[0] = T.max(mx[0], S[b, h, i, j])
-                            sm[0] = sm[0] + T.Cast("int64", S[b, h, i, j])
-                            sm[1] = sm[1] + T.Cast("int64", S[b, h, i, j]) * T.Cast("int64", S[b, h, i, j])
-                    # search on the threshold value: invariant count(key >= lo) >= k > count(key > hi);
-                    # guesses interpolate the count linearly between the bounds, with bisection steps
-                    # interleaved so the worst case stays logarithmic
-                    st[1] = T.Cast("int64", mn[0])
-                    st[2] = T.Cast("int64", mx[0])
-                    for step in range(99):
-                        if st[1] < st[2]:
-                            span = T.Bind(st[2] - st[1] + T.int64(1))
-                            guess = T.Bind(st[1] + T.Cast("int64", T.Cast("float64", span) * (T.Cast("float64", st[3] - kk) + T.float64(0.5)) / T.Cast("float64", st[3] - st[4])))
-                            if has_mask:
-                                mid = T.Bind(T.Select(step % 2 == 0, T.min(T.max(guess, st[1] + T.int64(1)), st[2]), st[1] + T.shift_right(span, T.int64(1))))
-                            else:
-                                # step 0: the normal quantile of the row's mean/std; then two
-                                # interpolations per bisection
-                                first = T.Bind(T.Cast("int64", T.round(_normal_guess(sm[0], sm[1], st[0], kk))))
-                                mid = T.Bind(T.Select(step % 3 == 2, st[1] + T.shift_right(span, T.int64(1)), T.min(T.max(T.Select(step == 0, first, guess), st[1] + T.int64(1)), st[2])))
-                            m32 = T.Bind(T.Cast("int32", mid))
-                            cnt[0] = 0
-                            for j in range(lim):
-                                if has_mask:
-                                    cnt[0] = cnt[0] + T.bitwise_and(valid(MASK, b, h, i, j), T.Cast("int32", key(S, MASK, deq, b, h, i, j) >= m32))
-                                else:
-                                    cnt[0] = cnt[0] + T.Cast("int32", S[b, h, i, j] >= m32)
-                            if T.Cast("int64", cnt[0]) >= kk:
-                                st[1] = mid
-                                st[3] = T.Cast("int64", cnt[0])
-                                if T.Cast("int64", cnt[0]) == kk:
-                                    st[2] = mid  # exactly k keys >= mid: done, no ties to split
-                            else:
-                                st[2] = mid - T.int64(1)
-                                st[4] = T.Cast("int64", cnt[0])
-                st[5] = T.int64(0)
-                st[6] = T.int64(0)
-                t32 = T.Bind(T.Cast("int32", st[1]))
-                if st[3] == kk:
-                    # every key >= t is kept: find the last kept key (near the row's end), then a
-                    # branch-free compaction up to it (the slot advances on a keep, never past k)
-                    st[6] = lim - T.int64(1)
-                    while st[6] > T.int64(0) and T.bitwise_and(valid(MASK, b, h, i, st[6]), T.Cast("int32", key(S, MASK, deq, b, h, i, st[6]) >= t32)) == 0:
-                        st[6] = st[6] - T.int64(1)
-                    for j in range(T.min(st[6] + T.int64(1), lim)):
-                        IDX[b, h, i, st[5]] = T.Cast("int32", j)
-                        st[5] = st[5] + T.Cast("int64", T.bitwise_and(valid(MASK, b, h, i, j), T.Cast("int32", key(S, MASK, deq, b, h, i, j) >= t32)))
-                else:
-                    st[7] = kk - st[4]
-                    while st[6] < lim and st[5] < kk:
-                        j = T.Bind(st[6])
-                        kj = T.Bind(key(S, MASK, deq, b, h, i, j))
-                        ok = T.Bind(T.Cast("int64", valid(MASK, b, h, i, j)))
-                        tie = T.Bind(T.bitwise_and(ok, T.bitwise_and(T.Cast("int64", kj == t32), T.Cast("int64", st[7] > T.int64(0)))))
-                        IDX[b, h, i, st[5]] = T.Cast("int32", j)
-                        st[5] = st[5] + T.bitwise_or(T.bitwise_and(ok, T.Cast("int64", kj > t32)), tie)
-                        st[7] = st[7] - tie
-                        st[6] = j + T.int64(1)
-                for t in range(KMAX - st[5]):
-                    IDX[b, h, i, st[5] + t] = -1
+                    X = T.decl_buffer((SKV,), score_dtype, data=S.data, elem_offset=row * SKV, align=2, offset_factor=1)
+                    select_row(X, lim, T.min(budget, lim), lim, LUT, CB, OUTW, OUT, direct, st, ik, fv, cnt)
 
-    return topk_func(select_rows, block, has_mask)
+    return topk_func(select_rows, block, has_mask, score_dtype)
 
 
-def topk_func(select_rows, block, has_mask: bool):
+def topk_func(select_rows, block, has_mask: bool, score_dtype: str = "int32"):
     """The top-k PrimFunc (scores, ratio[H] f64[, q_scale[H], k_scale[Hkv], mask], idx) around a
     row-selection macro `select_rows(S, RATIO, QS, KS, MASK, IDX)`; the CPU and Adreno kernels share it."""
     group = block.group
@@ -192,7 +322,7 @@ def topk_func(select_rows, block, has_mask: bool):
         def topk(s_h: T.handle, r_h: T.handle, qs_h: T.handle, ks_h: T.handle, m_h: T.handle, o_h: T.handle):
             T.func_attr({"global_symbol": "sat_topk_masked", "tirx.noalias": True, "tirx.is_scheduled": True})
             B, H, SQ, SKV, KMAX, MB, MH = T.int64(), T.int64(), T.int64(), T.int64(), T.int64(), T.int64(), T.int64()
-            S = T.match_buffer(s_h, (B, H, SQ, SKV), "int32")
+            S = T.match_buffer(s_h, (B, H, SQ, SKV), score_dtype)
             RATIO = T.match_buffer(r_h, (H,), "float64")
             QS = T.match_buffer(qs_h, (H,), "float32")
             KS = T.match_buffer(ks_h, (H // group,), "float32")
@@ -206,7 +336,7 @@ def topk_func(select_rows, block, has_mask: bool):
         def topk(s_h: T.handle, r_h: T.handle, o_h: T.handle):
             T.func_attr({"global_symbol": "sat_topk", "tirx.noalias": True, "tirx.is_scheduled": True})
             B, H, SQ, SKV, KMAX = T.int64(), T.int64(), T.int64(), T.int64(), T.int64()
-            S = T.match_buffer(s_h, (B, H, SQ, SKV), "int32")
+            S = T.match_buffer(s_h, (B, H, SQ, SKV), score_dtype)
             RATIO = T.match_buffer(r_h, (H,), "float64")
             IDX = T.match_buffer(o_h, (B, H, SQ, KMAX), "int32")
             select_rows(S, RATIO, None, None, None, IDX)

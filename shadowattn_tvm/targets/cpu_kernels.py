@@ -8,24 +8,33 @@ dlight race note in ../shared/TVM_0_27.md).
 The pilot, top-k and (static head dims) sparse-attention kernels are hand-written TIR marked
 ``tirx.is_scheduled``: their schedule functions return them unchanged.
 
-Build for the host's vector ISA: ``Target({"kind": "llvm", "num-cores": 2})`` alone means
-generic x86-64 (SSE2) in LLVM; add ``"mcpu"`` (``tvm.target.codegen.llvm_get_system_cpu()``,
-or e.g. ``"x86-64-v3"`` for any AVX2+FMA machine). The TVM runtime on this VM also starts only
-one worker thread unless ``TVM_NUM_THREADS`` is set.
+Vector widths come from the target (``ops._isa``: AVX-512, AVX2, SSE or NEON, read from the
+enclosing ``with target:``, else this host): the quantiser's loops go two registers wide (32,
+16, 8 and 8 float32 lanes). Build for the host's vector ISA: ``Target({"kind": "llvm",
+"num-cores": 2})`` alone means generic x86-64 (SSE2) in LLVM; add ``"mcpu"``
+(``tvm.target.codegen.llvm_get_system_cpu()``, or e.g. ``"x86-64-v3"`` for any AVX2+FMA
+machine). The TVM runtime on this VM also starts only one worker thread unless
+``TVM_NUM_THREADS`` is set.
 """
 from __future__ import annotations
 
 from .._compat import Schedule, tirx
+from ..ops._isa import current_isa
 
-_VECTOR = 16  # float32/int32 lanes to aim for: two AVX2 registers, four NEON ones
+
+def vector_lanes(isa=None) -> int:
+    """float32/int32 lanes to aim for: two vector registers of the target's ISA."""
+    return 2 * current_isa(isa).lanes()
 
 
 def _static(loop_extent) -> int | None:
     return int(loop_extent.value) if isinstance(loop_extent, tirx.IntImm) else None
 
 
-def _vectorize(sch, loop, lanes=_VECTOR):
-    """Vectorise a loop by `lanes` when its extent is static and divisible (else leave it)."""
+def _vectorize(sch, loop, lanes=None):
+    """Vectorise a loop by `lanes` (default `vector_lanes()`) when its extent is static and
+    divisible (else leave it)."""
+    lanes = lanes or vector_lanes()
     extent = _static(sch.get(loop).extent)
     if extent is None:
         return
@@ -69,8 +78,9 @@ def schedule_pilot(func):
     block = sch.get_sblock("scores")
     b, h, i, j, rd = sch.get_loops(block)
     j_extent = _static(sch.get(j).extent)
-    if j_extent is not None and j_extent % 32 == 0:
-        jo, ji = sch.split(j, [None, 32])
+    lanes = 2 * vector_lanes()
+    if j_extent is not None and j_extent % lanes == 0:
+        jo, ji = sch.split(j, [None, lanes])
         sch.reorder(b, h, i, jo, rd, ji)
         sch.parallel(sch.fuse(b, h, i))
         sch.vectorize(ji)

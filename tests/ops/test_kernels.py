@@ -6,7 +6,7 @@ import pytest
 import tvm
 
 from shadowattn_tvm.block import AttentionBlock, CausalMode, KVMap, max_keep_count
-from shadowattn_tvm.ops import pilot, quantize, reference, sparse_attention, topk
+from shadowattn_tvm.ops import _isa, pilot, quantize, reference, sparse_attention, topk, topk_group
 from shadowattn_tvm.targets import cpu_kernels as cpu
 
 from ..conftest import build_prim
@@ -183,3 +183,120 @@ def test_sparse_attention_with_mask_and_symbolic_lengths(rng):
     out = _empty(q.shape, "float32")
     func(_t(q), _t(k), _t(v), _t(idx), _t(mask), out)
     np.testing.assert_allclose(out.numpy(), reference.sparse_attention(q, k, v, idx, block, mask), rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- vector widths, int16, group mode
+# results never depend on the width: every configuration runs here (AVX-512 and SSE in the slow set)
+ISAS = [_isa.AVX2, _isa.NEON, pytest.param(_isa.AVX512, marks=pytest.mark.slow), pytest.param(_isa.SSE, marks=pytest.mark.slow)]
+_name = lambda i: i.name  # noqa: E731
+
+
+@pytest.mark.parametrize("isa", ISAS, ids=_name)
+@pytest.mark.parametrize("out_dtype", ["int32", "int16"])
+def test_pilot_scores_every_width(rng, isa, out_dtype):
+    block = _block(kv_map=KVMap.TILE)
+    q, k, _ = _qkv(rng, block, 37, 45)
+    q8, k8 = reference.quantize(q, reference.absmax_scale(q)), reference.quantize(k, reference.absmax_scale(k))
+    q8[0, 0, 0], k8[0, 0, 0] = 127, 127  # the int16 shift must hold the largest |score|
+    q8[0, 1, 1], k8[0, 0, 1] = -127, 127
+    func = build_prim(cpu.schedule_pilot(pilot.pilot_scores(block, q.shape, 45, out_dtype=out_dtype, isa=isa)))
+    out = _empty((1, 6, 37, 45), out_dtype)
+    func(_t(q8), _t(k8.transpose(0, 1, 3, 2)), out)
+    _visible_equal(out.numpy(), reference.pilot_scores(q8, k8, block, out_dtype), block, 37, 45)
+
+
+@pytest.mark.parametrize("isa", ISAS, ids=_name)
+@pytest.mark.parametrize("score_dtype", ["int32", "int16"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_topk_every_width(rng, isa, score_dtype, masked):
+    """Unaligned lengths (vector tails), ties (int16 scores tie often), masked and empty rows."""
+    block = _block(causal=CausalMode.NONE if masked else CausalMode.BOTTOM_RIGHT, mask=masked)
+    sq, skv = 21, 77
+    scores = rng.integers(-50, 50, (2, 6, sq, skv)).astype(score_dtype)
+    scores[0, 1, :4] = 0  # rows of one value: every pick is a tie
+    ratios = np.array([0.1, 0.2, 0.25, 0.5, 0.9, 1.0])
+    top = max_keep_count(ratios.max(), skv, 3)
+    args, kw = [scores, ratios], {}
+    if masked:
+        mask = (rng.integers(-8, 8, (2, 1, sq, skv)) / 8).astype("float32")  # exact sums: no rounding ties
+        mask[rng.random(mask.shape) < 0.3] = -1e9
+        mask[1, 0, 3] = -1e9  # a row without any selectable key
+        qs, ks = (2.0 ** -rng.integers(3, 7, 6)).astype("float32"), np.array([2 ** -5, 2 ** -4], "float32")
+        args += [qs, ks, mask]
+        kw = dict(mask=mask, q_scale=qs, k_scale=ks)
+    func = build_prim(topk.topk_indices(block, 3, mask.shape if masked else None, isa=isa, score_dtype=score_dtype))
+    idx = _empty((2, 6, sq, top), "int32")
+    func(*[_t(a) for a in args], idx)
+    np.testing.assert_array_equal(idx.numpy(), reference.topk_indices(scores, ratios, block, 3, top, **kw))
+
+
+@pytest.mark.parametrize("isa", ISAS, ids=_name)
+@pytest.mark.parametrize("dtype,tol", [("float32", 1e-5), ("float16", 2e-3)])
+def test_sparse_attention_every_width(rng, isa, dtype, tol):
+    """Rows from dense (early causal rows keep every key) to sparse, -1 holes, 80 keys (tiles, blocks)."""
+    block = _block(heads=14, kv_heads=2, d=64, dtype=dtype)
+    q, k, v = _qkv(rng, block, 80, 80)
+    top = max_keep_count(0.3, 80, 8)
+    idx = reference.topk_indices(_scores(rng, block, 80, 80), np.full(14, 0.3), block, 8, top)
+    idx[0, 3, 50, 2] = -1  # a hole: ignored
+    func = build_prim(sparse_attention.sparse_attention(block, q.shape, 80, 64, top, isa=isa))
+    out = _empty(q.shape, dtype)
+    func(_t(q), _t(k), _t(v), _t(idx), out)
+    np.testing.assert_allclose(out.numpy().astype("float64"), reference.sparse_attention(q, k, v, idx, block),
+                               rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_sparse_attention_rows_without_keys_get_the_dense_value(rng, dtype):
+    """All-(-1) rows: softmax over every causally allowed key of scale·q·k + mask (fp16 adds in fp16)."""
+    block = _block(causal=CausalMode.TOP_LEFT, dtype=dtype, mask=True)
+    q, k, v = _qkv(rng, block, 24, 24)
+    mask = np.where(rng.random((1, 6, 24, 24)) < 0.5, -1e4, 0.2 * rng.standard_normal((1, 6, 24, 24))).astype(dtype)
+    idx = np.full((1, 6, 24, 5), -1, "int32")
+    idx[:, :, ::2, 0] = 0  # even rows: key 0 only; odd rows: no key
+    func = build_prim(sparse_attention.sparse_attention(block, q.shape, 24, 32, 5, mask.shape))
+    out = _empty(q.shape, dtype)
+    func(_t(q), _t(k), _t(v), _t(idx), _t(mask), out)
+    got = out.numpy().astype("float64")
+    np.testing.assert_allclose(got[:, :, ::2], reference.sparse_attention(q, k, v, idx, block, mask)[:, :, ::2],
+                               rtol=2e-3, atol=2e-3)
+    logits = np.einsum("bhid,bhjd->bhij", q.astype(np.float64), k[:, reference.kv_index(block)].astype(np.float64))
+    if dtype == "float16":  # the fp16 graph adds its mask in fp16
+        logits = ((logits * block.scale).astype(dtype) + mask).astype(np.float64)
+    else:
+        logits = logits * block.scale + mask
+    logits = np.where(reference.visible(block, 24, 24)[0, 0], logits, -np.inf)
+    prob = np.exp(logits - logits.max(-1, keepdims=True))
+    dense = np.einsum("bhij,bhjd->bhid", prob / prob.sum(-1, keepdims=True), v[:, reference.kv_index(block)])
+    np.testing.assert_allclose(got[:, :, 1::2], dense[:, :, 1::2], rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("kv_map", [KVMap.INTERLEAVE, KVMap.TILE])
+@pytest.mark.parametrize("causal", list(CausalMode))
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("isa", [_isa.AVX2, pytest.param(_isa.NEON, marks=pytest.mark.slow)], ids=_name)
+def test_group_mode_matches_reference(rng, kv_map, causal, masked, isa):
+    """Group top-k (one selection per KV head and row) and group sparse attention."""
+    block = _block(causal=causal, kv_map=kv_map, mask=masked)
+    sq, skv = 21, 53 if causal == CausalMode.BOTTOM_RIGHT else 45
+    scores = rng.integers(-3000, 3000, (2, 6, sq, skv)).astype("int16" if masked else "int32")
+    qs, ks = (2.0 ** -rng.integers(4, 8, 6)).astype("float32"), np.array([2 ** -6, 2 ** -5], "float32")
+    ratios, top = np.array([0.2, 0.35]), max_keep_count(0.35, skv, 3)
+    mask = None
+    if masked:
+        mask = (rng.integers(-8, 8, (2, 1, sq, skv)) / 8).astype("float32")
+        mask[rng.random(mask.shape) < 0.3] = -1e9
+    func = build_prim(topk_group.topk_group_indices(block, 3, None if mask is None else mask.shape, isa=isa,
+                                                    score_dtype=scores.dtype.name))
+    idx = _empty((2, 2, sq, top), "int32")
+    func(*[_t(a) for a in [scores, ratios, qs, ks] + ([mask] if masked else [])], idx)
+    expected = reference.topk_group_indices(scores, ratios, block, 3, top, qs, ks, mask)
+    np.testing.assert_array_equal(idx.numpy(), expected)
+    q, k, v = _qkv(rng, block, sq, skv, batch=2)
+    sparse = build_prim(sparse_attention.sparse_attention_group(block, q.shape, skv, 32, top,
+                                                                None if mask is None else mask.shape, isa=isa))
+    out = _empty(q.shape, "float32")
+    sparse(*[_t(a) for a in [q, k, v, expected] + ([mask] if masked else [])], out)
+    rows = (expected >= 0).any(-1)[:, reference.kv_index(block)]  # the others: dense fallback, tested above
+    np.testing.assert_allclose(out.numpy()[rows], reference.sparse_attention_group(q, k, v, expected, block, mask)[rows],
+                               rtol=1e-5, atol=1e-5)

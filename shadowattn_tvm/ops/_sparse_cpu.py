@@ -1,0 +1,335 @@
+"""The hand-written CPU sparse-attention kernel (static D and Dv), per head or per KV group.
+
+One parallel task owns a tile: R query rows of one KV head and all the query heads that read it
+("pairs", R x group of them). Setup turns each pair's index row into flat K/V row numbers
+(padded, so groups of slots never need a bound check) and prefetches the next tile's index
+rows. Then three phases:
+
+A. logits: key blocks of `_KEY_BLOCK` keys in order; in each block every pair takes its selected
+   keys there, G at a time: G accumulators over d with q in registers, then a transposed
+   reduction (shuffle-adds) to one G-lane vector of dots. Rows of a tile share keys, so a
+   block's K rows are read from memory once and then from L1 by the other pairs.
+B. per pair, vectorised: row max, exp (polynomial), sum: an exact softmax, no rescaling.
+C. p·V in the same block order, the pair's Dv accumulators in registers.
+
+Index slots are visited in order, so any order is correct; ascending (as top-k writes them)
+keeps the key blocks hot. Trailing -1 slots are skipped, other -1 slots get logit -inf. A pair
+with no used slot (top-k found no visible key) gets the dense block's value: the softmax over all
+its causally allowed keys (NaN if every logit is -inf), computed by a slow scalar path.
+
+Per-head mode reads idx [B,H,Sq,K]; group mode reads idx [B,Hkv,Sq,K], one selection per KV
+head and query row shared by the group's query heads. Tasks walk row tiles zig-zag (first,
+last, second, ...) so that TVM's static split of the parallel loop gives every thread an equal
+share of the causal triangle.
+"""
+from __future__ import annotations
+
+from .._compat import T, tirx
+from ..block import CausalMode, KVMap
+from ._isa import bcast, exp_neg, pack, row_sums, vec, vmax_all, vmin_all, vsum_all
+
+# Measured on the 2-core Zen 3 host (Qwen2 block, 1k-4k tokens): 128-key blocks (32 KB of K at d 64,
+# L1 + L2) and 56 pairs per tile (7 heads x 8 rows) beat 64/28 by 3-6 %; 32-key blocks lose 10-30 %.
+_KEY_BLOCK = 128
+_PAIRS = 56
+_NO_END = 1 << 62  # key bound of the last visit: every remaining slot
+
+
+def _dot_tile(isa, d: int):
+    """(G keys per dot step, CH partial-sum chains per key): G * CH accumulators beside q's D/W
+    registers, 8 of them to cover FMA latency where registers allow."""
+    qv = d // isa.lanes()
+    chains = 2 if qv >= 4 and isa.registers - qv >= 8 else 1
+    keys = 8 if isa.registers - qv - 8 * chains >= 0 and chains == 1 else 4
+    return keys, chains
+
+
+def sparse_kernel(block, D: int, DV: int, mask_shape, isa, group_mode: bool = False, key_block: int = _KEY_BLOCK,
+                  pairs: int = _PAIRS, dot_tile=None):
+    has_mask = mask_shape is not None
+    mask_b1 = has_mask and int(mask_shape[0]) == 1
+    mask_h1 = has_mask and int(mask_shape[1]) == 1
+    dtype = block.dtype
+    group, kv_heads = block.group, block.num_kv_heads
+    tiled = int(block.kv_map == KVMap.TILE)
+    bottom_right = int(block.causal == CausalMode.BOTTOM_RIGHT)
+    no_causal = int(block.causal == CausalMode.NONE)
+    scale = float(block.scale)
+    W = isa.lanes()
+    WV = W if DV % W == 0 else 8  # DV is a multiple of 8
+    G, CH = dot_tile or _dot_tile(isa, D)
+    R = max(1, pairs // group)  # rows per tile
+    P = R * group
+    KB = key_block
+    PAD = max(G, W)
+    PU = 2  # p·V slots per loop step (one FMA chain per accumulator: unrolling is all it buys)
+    f32 = "float32"
+    neg_inf = tirx.const(float("-inf"), f32)
+    zero64 = tirx.const(0, "int64")
+
+    def head(hk, j):
+        return hk * group + j if not tiled else j * kv_heads + hk
+
+    def ih(hk, h):
+        """The idx head of a pair: its own head, or its KV head in group mode."""
+        return hk if group_mode else h
+
+    def mval(MASK, b, h, i, key):
+        return MASK[zero64 if mask_b1 else b, zero64 if mask_h1 else h, i, key].astype(f32)
+
+    def dots_vector(A, MASK, IDX, b, h, ihd, i, t0, n):
+        """Logits of slots t0..t0+G-1 (slots >= n repeat slot n-1) from the G accumulators."""
+        sums = []
+        for g in range(G):
+            chains = [vec(A, [g * CH + c, 0], W) for c in range(CH)]
+            sums.append(chains[0] if CH == 1 else chains[0] + chains[1])
+        dots = row_sums(sums, W) * bcast(tirx.const(scale, f32), G)
+        if has_mask:
+            keys = [tirx.max(IDX[b, ihd, i, tirx.min(t0 + g, n - 1)], 0) for g in range(G)]
+            dots = dots + pack([mval(MASK, b, h, i, key) for key in keys])
+        return dots
+
+    def fallback_logit(dot, MASK, b, h, i, key):
+        """A row without a visible key: dense logits (an fp16 block adds its mask in fp16)."""
+        value = dot * T.float32(scale)
+        if not has_mask:
+            return value
+        if dtype == "float16":
+            return (T.Cast(dtype, value) + MASK[zero64 if mask_b1 else b, zero64 if mask_h1 else h, i, key]).astype(f32)
+        return value + mval(MASK, b, h, i, key)
+
+    @T.macro
+    def dense_row(Q, K, V, MASK, OUT, b, h, hk, i, SQ, SKV, ds, ar):
+        """Top-k found no visible key: the dense block's softmax over every causally allowed key.
+        ds: 0 running max, 1 running sum, 2 dot."""
+        lim = T.Bind(T.max(T.min(SKV, i + 1 + bottom_right * (SKV - SQ) + no_causal * SKV), zero64))
+        ds[0] = neg_inf
+        ds[1] = T.float32(0)
+        for c in T.unroll(DV // WV):
+            ar[T.Ramp(c * WV, 1, WV)] = bcast(T.float32(0), WV)
+        for j in range(lim):
+            ds[2] = T.float32(0)
+            for d in range(D):
+                ds[2] = ds[2] + T.Cast(f32, Q[b, h, i, d]) * T.Cast(f32, K[b, hk, j, d])
+            lgt = T.Bind(fallback_logit(ds[2], MASK, b, h, i, j))
+            if lgt > neg_inf:
+                mnew = T.Bind(T.max(ds[0], lgt))
+                corr = T.Bind(exp_neg(ds[0] - mnew))
+                pj = T.Bind(exp_neg(lgt - mnew))
+                ds[1] = ds[1] * corr + pj
+                ds[0] = mnew
+                for c in T.unroll(DV // WV):
+                    ar[T.Ramp(c * WV, 1, WV)] = ar[T.Ramp(c * WV, 1, WV)] * bcast(corr, WV) + bcast(pj, WV) * vec(V, [b, hk, j, c * WV], WV, f32)
+        if ds[1] > T.float32(0):
+            for c in T.unroll(DV // WV):
+                OUT[b, h, i, T.Ramp(c * WV, 1, WV)] = T.Cast(f"{dtype}x{WV}", ar[T.Ramp(c * WV, 1, WV)] * bcast(T.float32(1) / ds[1], WV))
+        else:
+            for c in T.unroll(DV // WV):
+                OUT[b, h, i, T.Ramp(c * WV, 1, WV)] = T.Cast(f"{dtype}x{WV}", bcast(T.float32("nan"), WV))
+
+    def pv_term(VF, rw, lg, p, t, c):
+        return bcast(lg[p, t], WV) * vec(VF, [tirx.Cast("int64", rw[p, t]) * DV + c * WV], WV, f32)
+
+    @T.macro
+    def pv_step(VF, rw, lg, ar, p, t, U):
+        """ar += p * V[key] for U consecutive slots from t (one FMA chain per accumulator)."""
+        for u in T.unroll(U):
+            for c in T.unroll(DV // WV):
+                ar[T.Ramp(c * WV, 1, WV)] = ar[T.Ramp(c * WV, 1, WV)] + pv_term(VF, rw, lg, p, t + u, c)
+
+    @T.macro
+    def body(Q, K, V, IDX, MASK, OUT):
+        B, SQ, SKV, KK = Q.shape[0], Q.shape[2], K.shape[2], IDX.shape[3]
+        NT = T.Bind((SQ + R - 1) // R)
+        NBMAX = T.Bind(SKV // KB + 2)
+        KF = T.decl_buffer((B * kv_heads * SKV * D,), dtype, data=K.data)
+        VF = T.decl_buffer((B * kv_heads * SKV * DV,), dtype, data=V.data)
+        for task in T.parallel(B * kv_heads * NT):
+            b = T.Bind(task // (kv_heads * NT))
+            hk = T.Bind(task // NT % kv_heads)
+            z = T.Bind(task % NT)
+            i0 = T.Bind(T.Select(z % 2 == 0, z // 2, NT - 1 - z // 2) * R)
+            npairs = T.Bind(T.min(T.int64(R), SQ - i0) * group)
+            rbase = T.Bind(T.Cast("int32", (b * kv_heads + hk) * SKV))
+            # "global" scope: per-task stack or workspace buffers (TVM 0.27 turns "local" ones into
+            # workspace calls that LLVM cannot keep in registers)
+            qt = T.alloc_buffer((P, D), f32, scope="global")
+            acc = T.alloc_buffer((P, DV), f32, scope="global")
+            lg = T.alloc_buffer((P, KK + PAD), f32, scope="global")
+            rw = T.alloc_buffer((P, KK + PAD), "int32", scope="global")  # flat K/V row of each slot
+            bnd = T.alloc_buffer((P, NBMAX), "int64", scope="global")  # slots done after each key block
+            st = T.alloc_buffer((P, 3), "int64", scope="global")  # used slots, next slot in A, has holes
+            ssum = T.alloc_buffer((P,), f32, scope="global")
+            qr = T.alloc_buffer((D,), f32, scope="global")
+            ar = T.alloc_buffer((DV,), f32, scope="global")
+            av = T.alloc_buffer((G * CH, W), f32, scope="global")
+            mv = T.alloc_buffer((W,), f32, scope="global")
+            sv = T.alloc_buffer((W,), f32, scope="global")
+            ds = T.alloc_buffer((3,), f32, scope="global")
+            pt = T.alloc_buffer((2,), "int64", scope="global")
+            iv = T.alloc_buffer((W,), "int32", scope="global")
+            ik = T.alloc_buffer((1,), "int32", scope="global")
+            # ---------------------------------------------------------------- setup
+            pt[1] = zero64  # 1 + the largest key of the tile
+            for p in range(npairs):
+                h = T.Bind(head(hk, p % group))
+                i = T.Bind(i0 + p // group)
+                ihd = T.Bind(ih(hk, h))
+                for c in T.unroll(D // W):
+                    qt[p, T.Ramp(c * W, 1, W)] = vec(Q, [b, h, i, c * W], W, f32)
+                for c in T.unroll(DV // WV):
+                    acc[p, T.Ramp(c * WV, 1, WV)] = bcast(T.float32(0), WV)
+                # drop trailing -1 slots (top-k pads a row's tail): W at a time, then one by one
+                pt[0] = KK
+                ik[0] = -1
+                while pt[0] >= W and ik[0] < 0:
+                    ik[0] = vmax_all(vec(IDX, [b, ihd, i, pt[0] - W], W), W)
+                    if ik[0] < 0:
+                        pt[0] = pt[0] - W
+                while pt[0] > zero64 and IDX[b, ihd, i, pt[0] - 1] < 0:
+                    pt[0] = pt[0] - 1
+                st[p, 0] = pt[0]
+                st[p, 1] = zero64
+                # K/V rows of the used slots (-1 -> key 0, masked in phase B), padded with the last
+                # one so that whole groups of G slots read valid rows; and whether -1 slots occur
+                # inside the used part (never from top-k)
+                iv[T.Ramp(0, 1, W)] = bcast(T.int32(0), W)
+                for c in range(pt[0] // W):
+                    x = T.Bind(vec(IDX, [b, ihd, i, c * W], W))
+                    iv[T.Ramp(0, 1, W)] = T.min(iv[T.Ramp(0, 1, W)], x)
+                    rw[p, T.Ramp(c * W, 1, W)] = T.max(x, bcast(T.int32(0), W)) + bcast(rbase, W)
+                ik[0] = vmin_all(iv[T.Ramp(0, 1, W)], W)
+                for t in range(pt[0] // W * W, pt[0]):
+                    ik[0] = T.min(ik[0], IDX[b, ihd, i, t])
+                    rw[p, t] = T.max(IDX[b, ihd, i, t], 0) + rbase
+                for t in range(PAD):
+                    rw[p, pt[0] + t] = T.Select(pt[0] > zero64, rw[p, T.max(pt[0] - 1, zero64)], rbase)
+                st[p, 2] = T.Cast("int64", ik[0] < 0)
+                if pt[0] > zero64:
+                    pt[1] = T.max(pt[1], T.Cast("int64", IDX[b, ihd, i, pt[0] - 1]) + 1)
+            nblk = T.Bind((pt[1] + KB - 1) // KB)
+            # the next task's index rows stream into L2 while this tile computes (the first touch
+            # of idx, which top-k wrote, is a DRAM read)
+            if task + 1 < B * kv_heads * NT:
+                zn = T.Bind((task + 1) % NT)
+                i0n = T.Bind(T.Select(zn % 2 == 0, zn // 2, NT - 1 - zn // 2) * R)
+                bn = T.Bind((task + 1) // (kv_heads * NT))
+                hkn = T.Bind((task + 1) // NT % kv_heads)
+                for pn in range(T.min(T.int64(R), SQ - i0n) * group):
+                    for c in range((KK + 15) // 16):
+                        T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(IDX[bn, ih(hkn, head(hkn, pn % group)), i0n + pn // group, c * 16]), T.int32(0), T.int32(2), T.int32(1)))
+            # ---------------------------------------------------------------- A: logits
+            for kb in range(nblk + 1):
+                end = T.Bind(T.Select(kb < nblk, (kb + 1) * KB, T.int64(_NO_END)))
+                for p in range(npairs):
+                    h = T.Bind(head(hk, p % group))
+                    i = T.Bind(i0 + p // group)
+                    ihd = T.Bind(ih(hk, h))
+                    n = T.Bind(st[p, 0])
+                    if st[p, 1] < n:
+                        if T.Cast("int64", rw[p, st[p, 1]] - rbase) < end:
+                            for c in T.unroll(D // W):
+                                qr[T.Ramp(c * W, 1, W)] = qt[p, T.Ramp(c * W, 1, W)]
+                            pt[0] = st[p, 1]
+                            while pt[0] < n and T.Cast("int64", rw[p, pt[0]] - rbase) < end:
+                                for g in T.unroll(G):
+                                    row = T.Bind(T.Cast("int64", rw[p, pt[0] + g]) * D)
+                                    for c in T.unroll(CH):
+                                        av[g * CH + c, T.Ramp(0, 1, W)] = qr[T.Ramp(c * W, 1, W)] * vec(KF, [row + c * W], W, f32)
+                                    for c in T.unroll(D // W - CH):
+                                        av[g * CH + c % CH, T.Ramp(0, 1, W)] = av[g * CH + c % CH, T.Ramp(0, 1, W)] + qr[T.Ramp((c + CH) * W, 1, W)] * vec(KF, [row + (c + CH) * W], W, f32)
+                                lg[p, T.Ramp(pt[0], 1, G)] = dots_vector(av, MASK, IDX, b, h, ihd, i, pt[0], n)
+                                pt[0] = pt[0] + G
+                            st[p, 1] = pt[0]
+                    bnd[p, kb] = T.min(st[p, 1], n)
+            # ---------------------------------------------------------------- B: softmax
+            for p in range(npairs):
+                h = T.Bind(head(hk, p % group))
+                i = T.Bind(i0 + p // group)
+                ihd = T.Bind(ih(hk, h))
+                n = T.Bind(st[p, 0])
+                nv = T.Bind((n + W - 1) // W)
+                ssum[p] = T.float32(0)
+                if n > zero64:
+                    for t in range(n, nv * W):
+                        lg[p, t] = neg_inf
+                    if st[p, 2] > zero64:
+                        for t in range(n):
+                            if IDX[b, ihd, i, t] < 0:
+                                lg[p, t] = neg_inf
+                    mv[T.Ramp(0, 1, W)] = bcast(neg_inf, W)
+                    for c in range(nv):
+                        mv[T.Ramp(0, 1, W)] = T.max(mv[T.Ramp(0, 1, W)], lg[p, T.Ramp(c * W, 1, W)])
+                    mx = T.Bind(vmax_all(mv[T.Ramp(0, 1, W)], W))
+                    if mx > neg_inf:
+                        sv[T.Ramp(0, 1, W)] = bcast(T.float32(0), W)
+                        for c in range(nv):
+                            x = T.Bind(lg[p, T.Ramp(c * W, 1, W)])
+                            e = T.Bind(T.Select(x > bcast(neg_inf, W), exp_neg(x - bcast(mx, W)), bcast(T.float32(0), W)))
+                            lg[p, T.Ramp(c * W, 1, W)] = e
+                            sv[T.Ramp(0, 1, W)] = sv[T.Ramp(0, 1, W)] + e
+                        ssum[p] = vsum_all(sv[T.Ramp(0, 1, W)], W)
+                    else:
+                        st[p, 0] = zero64  # every logit -inf: output 0 (not the dense fallback)
+                        st[p, 2] = T.int64(-1)
+            # ---------------------------------------------------------------- C: p·V
+            for kb in range(nblk + 1):
+                for p in range(npairs):
+                    h = T.Bind(head(hk, p % group))
+                    i = T.Bind(i0 + p // group)
+                    ihd = T.Bind(ih(hk, h))
+                    lo = T.Bind(T.Select(kb > 0, bnd[p, T.max(kb - 1, 0)], zero64))
+                    hi = T.Bind(T.Select(st[p, 0] > zero64, bnd[p, kb], zero64))
+                    if lo < hi:
+                        for c in T.unroll(DV // WV):
+                            ar[T.Ramp(c * WV, 1, WV)] = acc[p, T.Ramp(c * WV, 1, WV)]
+                        for t2 in range((hi - lo) // PU):
+                            pv_step(VF, rw, lg, ar, p, lo + PU * t2, PU)
+                        for t1 in range((hi - lo) // PU * PU, hi - lo):
+                            pv_step(VF, rw, lg, ar, p, lo + t1, 1)
+                        for c in T.unroll(DV // WV):
+                            acc[p, T.Ramp(c * WV, 1, WV)] = ar[T.Ramp(c * WV, 1, WV)]
+            # ---------------------------------------------------------------- output
+            for p in range(npairs):
+                h = T.Bind(head(hk, p % group))
+                i = T.Bind(i0 + p // group)
+                if st[p, 0] > zero64:
+                    inv = T.Bind(bcast(T.float32(1) / ssum[p], WV))
+                    for c in T.unroll(DV // WV):
+                        OUT[b, h, i, T.Ramp(c * WV, 1, WV)] = T.Cast(f"{dtype}x{WV}", acc[p, T.Ramp(c * WV, 1, WV)] * inv)
+                elif st[p, 2] < zero64:
+                    for c in T.unroll(DV // WV):
+                        OUT[b, h, i, T.Ramp(c * WV, 1, WV)] = T.Cast(f"{dtype}x{WV}", bcast(T.float32(0), WV))
+                else:
+                    dense_row(Q, K, V, MASK, OUT, b, h, hk, i, SQ, SKV, ds, ar)
+
+    idx_heads = kv_heads if group_mode else block.num_heads
+    name = "sat_sparse_attention_group" if group_mode else "sat_sparse_attention"
+    if has_mask:
+
+        @T.prim_func
+        def sparse(q_h: T.handle, k_h: T.handle, v_h: T.handle, i_h: T.handle, m_h: T.handle, o_h: T.handle):
+            T.func_attr({"global_symbol": name, "tirx.noalias": True, "tirx.is_scheduled": True})
+            B, H, SQ, SKV, KK, MB, MH = T.int64(), T.int64(), T.int64(), T.int64(), T.int64(), T.int64(), T.int64()
+            Q = T.match_buffer(q_h, (B, H, SQ, D), dtype)
+            K = T.match_buffer(k_h, (B, kv_heads, SKV, D), dtype)
+            V = T.match_buffer(v_h, (B, kv_heads, SKV, DV), dtype)
+            IDX = T.match_buffer(i_h, (B, idx_heads, SQ, KK), "int32")
+            MASK = T.match_buffer(m_h, (MB, MH, SQ, SKV), dtype)
+            OUT = T.match_buffer(o_h, (B, H, SQ, DV), dtype)
+            body(Q, K, V, IDX, MASK, OUT)
+
+    else:
+
+        @T.prim_func
+        def sparse(q_h: T.handle, k_h: T.handle, v_h: T.handle, i_h: T.handle, o_h: T.handle):
+            T.func_attr({"global_symbol": name, "tirx.noalias": True, "tirx.is_scheduled": True})
+            B, H, SQ, SKV, KK = T.int64(), T.int64(), T.int64(), T.int64(), T.int64()
+            Q = T.match_buffer(q_h, (B, H, SQ, D), dtype)
+            K = T.match_buffer(k_h, (B, kv_heads, SKV, D), dtype)
+            V = T.match_buffer(v_h, (B, kv_heads, SKV, DV), dtype)
+            IDX = T.match_buffer(i_h, (B, idx_heads, SQ, KK), "int32")
+            OUT = T.match_buffer(o_h, (B, H, SQ, DV), dtype)
+            body(Q, K, V, IDX, None, OUT)
+
+    return sparse
