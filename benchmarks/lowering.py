@@ -1,13 +1,15 @@
 """SmolLM2-135M host prefill with phase 5 as it was (no fusion) and as it is (TVM's stages, fused).
 
-    python benchmarks/lowering.py [--tokens 512 2048] [--keep 0.2] [--repeat 5]
+    python benchmarks/lowering.py [--tokens 512 2048] [--keep 0.2] [--repeat 5] [--kernels 12]
 
 "before": the lowering up to this change, TVM's CPU stages without AnnotateTIROpPattern,
 FoldConstant, FuseOps and FuseTIR (every legalized operator its own kernel, default-scheduled).
 "after": ``sat.lowering()`` (`passes/lowering.py`): the same stages with fusion, the shadowAttn
 kernels kept whole. Both run the same Relax program (dense, and shadowAttn at ``--keep`` after
 ``pipeline(lower=False)``), on the same token ids, timed round-robin in one run, 2 TVM threads.
-Host numbers, not phone numbers.
+``--kernels N`` also prints the N kernels that take longest in one instrumented run of each fused
+build (the VM's instrument times every kernel call): where the prefill time goes. Host numbers,
+not phone numbers.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import tvm  # noqa: E402
 import shadowattn_tvm as sat  # noqa: E402
 from shadowattn_tvm.frontend.model import LlamaRunner, resolve_model  # noqa: E402
 from shadowattn_tvm.passes.lowering import cpu_stages  # noqa: E402
+from shadowattn_tvm.targets import get as get_device  # noqa: E402
 
 UNFUSED = {"KeepKernelsWhole", "AnnotateTIROpPattern", "FoldConstant", "FuseOps", "FuseTIR"}
 
@@ -40,6 +43,41 @@ def _then(first, second):
         return second(first(mod))
 
     return _both
+
+
+def kernel_profile(runner: LlamaRunner, n: int, lower, ids) -> dict:
+    """{kernel: [ms, calls]} of one forward of `runner` compiled with `lower`, every call timed."""
+    import tvm_ffi
+    from tvm import relax
+
+    mod, names = runner.export(n)
+    vm = relax.VirtualMachine(tvm.compile(mod, target=get_device("host").cpu, relax_pipeline=lower), tvm.cpu())
+    params = {k: tvm.runtime.tensor(v) for k, v in runner.weights().items()}
+    kernels, starts = {}, []
+
+    def instrument(func, symbol, before, _ret, *_args):
+        if before:
+            starts.append(time.perf_counter())
+        elif isinstance(func, tvm_ffi.Function) and not symbol.startswith("vm.builtin"):
+            entry = kernels.setdefault(symbol, [0.0, 0])
+            entry[0] += (time.perf_counter() - starts.pop()) * 1e3
+            entry[1] += 1
+        else:
+            starts.pop()
+        return 0
+
+    vm["forward"](tvm.runtime.tensor(ids.reshape(1, n)), *[params[k] for k in names])  # warm-up
+    vm.set_instrument(instrument)
+    vm["forward"](tvm.runtime.tensor(ids.reshape(1, n)), *[params[k] for k in names])
+    return kernels
+
+
+def kernel_table(n: int, program: str, kernels: dict, top: int) -> str:
+    total = sum(ms for ms, _ in kernels.values())
+    lines = [f"{n} tokens, {program}, fused: {total:.0f} ms in kernels"]
+    for name, (ms, calls) in sorted(kernels.items(), key=lambda kv: -kv[1][0])[:top]:
+        lines.append(f"  {name[:64]:<64}  x{calls:<3d} {ms:8.1f} ms  {100 * ms / total:5.1f}%")
+    return "\n".join(lines)
 
 
 def bench(runner: LlamaRunner, n: int, keep: float, repeat: int) -> list:
@@ -72,6 +110,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tokens", type=int, nargs="+", default=[512, 2048])
     parser.add_argument("--keep", type=float, default=0.2)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--kernels", type=int, default=0, help="also print the N slowest kernels of each fused build")
     args = parser.parse_args(argv)
     runner = LlamaRunner(resolve_model("smollm2"))
     load, rows = [os.getloadavg()[0]], []
@@ -86,6 +125,13 @@ def main(argv=None) -> int:
     print(head + "\n" + "-" * len(head))
     for n, program, label, med, best, setup, speedup, diff in rows:
         print(f"{n:>6}  {program:<16}  {label:<26}  {med:>9.0f}  {best:>8.0f}  {setup:>9.0f}  {speedup:>7.2f}×  {diff:>12.2g}")
+    for n in args.tokens if args.kernels else []:
+        ids = np.array([runner.config.bos_id, *np.random.default_rng(0).integers(0, runner.config.vocab, n - 1)],
+                       np.int32)
+        for program, lower in (("dense", sat.lowering()),
+                               (f"shadowAttn {args.keep}", _then(sat.pipeline(keep=args.keep, lower=False),
+                                                                 sat.lowering()))):
+            print("\n" + kernel_table(n, program, kernel_profile(runner, n, lower, ids), args.kernels))
     return 0
 
 

@@ -89,7 +89,10 @@ def test_non_attention_module_compiles_as_before():
         bb.emit_func_output(out)
     mod = bb.get()
     data = [np.random.default_rng(0).standard_normal((4, 8)).astype("float32")]
-    np.testing.assert_array_equal(run_module(mod, data, sat.pipeline(keep=0.2)), run_module(mod, data))
+    ours = run_module(mod, data, sat.pipeline(keep=0.2))
+    np.testing.assert_array_equal(ours, run_module(mod, data, sat.lowering()))  # the pass set adds nothing
+    # our CPU lowering's exp is a polynomial within 2 ulp of libm's (targets/cpu_fast_math.py)
+    np.testing.assert_allclose(ours, run_module(mod, data), rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("keep", [0, 1.5, -0.2])
