@@ -32,7 +32,7 @@ def test_compile_for_a_phone_writes_the_adreno_opencl_kernels(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["compile", "llama-7b", "--device", "host", "-o", "X"], "unknown model 'llama-7b'; known: default"),
+    (["compile", "llama-7b", "--device", "host", "-o", "X"], "unknown model 'llama-7b': pass smollm2, a .gguf file or an .onnx file"),
     (["compile", "--device", "iphone", "-o", "X"], "unknown device 'iphone'; known: host, snapdragon-8gen2"),
     (["compile", "--device", "host", "-o", "X", "--keep", "0"], "keep"),
     (["compile", "--device", "host", "-o", "X", "--tokens", "0"], "tokens must be a positive integer"),

@@ -21,6 +21,7 @@ from ..targets import get as get_device
 from . import manifest
 from .artifacts import DEFAULT_WRITERS, BuildContext
 from . import npu as npu_lane
+from . import reference
 from .directory import staging
 from .models import DEFAULT_TOKENS, ModelBuild, get_model
 from .options import BuildOptions, shadowattn_ir
@@ -66,8 +67,8 @@ def compile_to_dir(device: str | DeviceProfile, out_dir: str | Path, *, model: "
                    writers: tuple = DEFAULT_WRITERS, tune_logs: str | Path | None = None, log=print) -> BuildResult:
     """Compile `model` at `tokens` for `device` (a profile name, file or `DeviceProfile`) into `out_dir`.
 
-    model: a registered name (`models.MODELS`) or a `models.ModelBuild` (e.g. `models.llama_build`),
-    exported at `tokens`.
+    model: `default`, `smollm2`, a .gguf or .onnx path (`models.get_model`, exported at `tokens`), or
+    a `models.ModelBuild` (e.g. `models.source_build` of any `frontend.ModelSource`).
 
     keep/k_min/profile are the shadowAttn pipeline's (`sat.pipeline`); the result's ``report`` lists
     the attention candidates (read from the compiled IR). `tune_logs`: a MetaSchedule database
@@ -87,7 +88,7 @@ def compile_to_dir(device: str | DeviceProfile, out_dir: str | Path, *, model: "
         npu = npu_lane.npu_options(built, options, tokens) if device.npu is not None else None
         ctx = BuildContext(device=device, model=built, options=options, out=tmp, log=log, npu=npu,
                            ir=shadowattn_ir(built.mod, device.cpu, options, npu))
-        artifacts = []
+        artifacts = reference.write_derived(tmp, built)
         for writer in writers:
             if writer.applies(device):
                 artifacts += writer.write(ctx)
@@ -97,7 +98,8 @@ def compile_to_dir(device: str | DeviceProfile, out_dir: str | Path, *, model: "
             "versions": {"shadowattn_tvm": __version__, "tvm": tvm.__version__},
             "device": device.to_json(),
             "model": {"name": built.name, "tokens": tokens, "description": built.description,
-                      "config": built.config},
+                      "config": built.config,
+                      **({"weights": built.weight_map.to_json()} if built.weight_map is not None else {})},
             "pipeline": options.to_json(),
             "entry": "main",
             "inputs": [t.to_json() for t in built.inputs],

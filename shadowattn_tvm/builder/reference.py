@@ -4,6 +4,8 @@
     reference/output.npy     the host build's output on them (with the model's real weights)
     reference/reference.json seed, entry, which inputs are weights (loaded from the model file at
                              deploy, not copied: they are the model's size)
+    weights/derived.npz      weights that are in no model file (tables an ONNX import folded at
+                             the build's length), when there are any
 
 The host build is the same model with the same pipeline options (NPU phases included, whose
 graphs run as host twins on the host's serial NPU lane), so a device run must match it.
@@ -14,11 +16,20 @@ import json
 
 import numpy as np
 
-from .manifest import Artifact
+from .manifest import DERIVED_WEIGHTS as DERIVED, Artifact
 from .models import model_inputs
 
 DIRECTORY = "reference"
 SEED = 0
+
+
+def write_derived(out, model) -> list:
+    """weights/derived.npz: the weights deploy cannot read from the model file."""
+    if not model.derived:
+        return []
+    (out / DERIVED).parent.mkdir()
+    np.savez(out / DERIVED, **model.derived)
+    return [Artifact(DERIVED, "weights-derived")]
 
 
 def write(out, model, executable, seed: int = SEED) -> list:
@@ -42,4 +53,4 @@ def write(out, model, executable, seed: int = SEED) -> list:
             (("inputs.npz", "reference-inputs"), ("output.npy", "reference-output"), ("reference.json", "reference"))]
 
 
-__all__ = ["write", "DIRECTORY", "SEED"]
+__all__ = ["write", "write_derived", "DERIVED", "DIRECTORY", "SEED"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 
 def add_parser(sub) -> None:
-    from ..builder.models import DEFAULT_TOKENS, MODELS
+    from ..builder.models import DEFAULT_TOKENS
 
     p = sub.add_parser("compile", help="compile a model for a device into a build directory",
                        description="Compile MODEL with the shadowAttn pass set for a device profile and write the "
@@ -12,8 +12,8 @@ def add_parser(sub) -> None:
                                    "and the host output deploy checks against), report.json, manifest.json. "
                                    "An existing build in DIR is replaced as a whole.")
     p.add_argument("model", nargs="?", default="default",
-                   help="model name (default: the embedded default attention block); "
-                        f"known: {', '.join(sorted(MODELS))}")
+                   help="'default' (the embedded attention block, the default), 'smollm2' (the embedded model), a "
+                        ".gguf file or an .onnx export; a model's weights stay inputs read from its file at deploy")
     p.add_argument("--device", required=True,
                    help="device profile name (host, snapdragon-8gen2, snapdragon-8gen3) or path of a profile JSON")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="build directory to (re)create")

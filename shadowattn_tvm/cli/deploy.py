@@ -31,6 +31,8 @@ def add_parser(sub) -> None:
     p.add_argument("--trace", metavar="FILE", help="Chrome trace of an NPU build's run (default DIR/trace-<server>.json)")
     p.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance vs the reference output (default 1e-4)")
     p.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance vs the reference output (default 1e-4)")
+    p.add_argument("--model", metavar="FILE", help="the model file the build's weights come from, if it moved since "
+                                                   "the build (its sha256 is checked)")
     p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
     p.set_defaults(run=run)
 
@@ -61,7 +63,8 @@ def run(args) -> int:
     try:
         endpoint = _endpoint(args, load_manifest(args.build))
         result = deploy(args.build, endpoint, number=args.number, repeat=args.repeat, wait=args.wait,
-                        tolerance=Tolerance(atol=args.atol, rtol=args.rtol), trace=args.trace)
+                        tolerance=Tolerance(atol=args.atol, rtol=args.rtol), trace=args.trace,
+                        model_file=args.model)
     except (ManifestError, ValueError) as err:
         raise SystemExit(f"shadowattn deploy: error: {err}") from None
     except RPCUnavailable as err:

@@ -15,8 +15,10 @@ equal ``plan.json``'s) and written as a Chrome trace.
 Timings are labelled by asking the server what it is: servers started by `emulated_phone` answer
 ``shadowattn.rpc_server.info`` (qemu-user or host), so their numbers are never mistaken for a
 phone's; a stock TVM server on a phone has no such function and is labelled "device".
-This module imports no compiler module (no passes, kernels or model frontends), except to read
-a model's weights from its model file when the build takes them as inputs.
+This module imports no compiler module (no passes, kernels or model frontends): a build that
+takes its weights as inputs names the model file, its sha256 and which tensor feeds each input
+(`weights.WeightMap`, numpy and the format's reader only); ``model_file`` points at the file
+when it has moved since the build.
 """
 from __future__ import annotations
 
@@ -30,8 +32,9 @@ from typing import Callable
 import numpy as np
 
 from .._compat import relax, tvm
-from ..builder.manifest import ManifestError, load as load_manifest
+from ..builder.manifest import DERIVED_WEIGHTS, ManifestError, load as load_manifest
 from ..targets.export import elf_machine
+from ..weights import WeightMap, WeightsError
 from ._rpc_server_main import INFO_FUNCTION
 from .rpc_session import Endpoint, RPCUnavailable, check_available, looks_lost, open_session
 from .trace import Track, Tracer
@@ -100,8 +103,9 @@ class DeployResult:
         return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 
 
-def _reference(manifest) -> tuple[list, np.ndarray]:
-    """(the run's inputs in `main`'s order, the expected output) from the build's reference/."""
+def _reference(manifest, model_file=None) -> tuple[list, np.ndarray]:
+    """(the run's inputs in `main`'s order, the expected output) from the build's reference/ and
+    the model file's weights."""
     folder = manifest.root / "reference"
     try:
         meta = json.loads((folder / "reference.json").read_text())
@@ -111,10 +115,18 @@ def _reference(manifest) -> tuple[list, np.ndarray]:
         raise ManifestError(f"{manifest.root}: no usable reference/ ({err}): rebuild with `shadowattn compile`") from None
     weights = {}
     if meta["weights"]:
-        from ..builder.models import get_model  # the model file holds the weights (not copied into the build)
-
-        built = get_model(manifest.data["model"]["name"], int(manifest.data["model"]["tokens"]))
-        weights = built.weights()
+        if "weights" not in manifest.data["model"]:
+            raise ManifestError(f"{manifest.root}: the build takes weights but names no model file: rebuild with "
+                                "`shadowattn compile`")
+        wmap = WeightMap.from_json(manifest.data["model"]["weights"])
+        derived = {}
+        if wmap.derived:
+            with np.load(manifest.root / DERIVED_WEIGHTS) as data:
+                derived = {name: data[name] for name in data.files}
+        try:
+            weights = wmap.load(model_file, derived)
+        except WeightsError as err:
+            raise ManifestError(str(err)) from None
     inputs = [weights[s.name] if s.name in weights else data[s.name] for s in manifest.inputs]
     return inputs, expected
 
@@ -134,7 +146,7 @@ def _phase_runner(endpoint: Endpoint, phases: dict, on_phase):
         message = None
         try:
             return fn()
-        except (RPCUnavailable, DeployError):
+        except (RPCUnavailable, DeployError, ManifestError):
             raise
         except Exception as err:  # noqa: BLE001 - TVM raises its own error types for RPC failures
             message = _explain(name, endpoint, err)
@@ -210,11 +222,12 @@ def _write_trace(path: Path, events: list, label: str) -> str:
 
 def deploy(build_dir: str | Path, endpoint: Endpoint, *, number: int = 1, repeat: int = 3,
            wait: float = 60.0, tolerance: Tolerance = Tolerance(), trace: str | Path | None = None,
-           on_phase: Callable[[str], None] | None = None, log=print) -> DeployResult:
+           model_file: str | Path | None = None, on_phase: Callable[[str], None] | None = None, log=print) -> DeployResult:
     """Run the build in `build_dir` on a device of `endpoint`; see the module docstring.
 
     trace: where the Chrome trace of an NPU build's verified run goes (default
-    ``<build>/trace-<label>.json``). Raises ManifestError (bad build), RPCUnavailable (no
+    ``<build>/trace-<label>.json``). model_file: the model file the weights are read from, when it
+    is no longer where the build recorded it (its sha256 must still match). Raises ManifestError (bad build), RPCUnavailable (no
     session: tracker/server unreachable, key unknown, no free device within `wait` s) or
     DeployError (the session failed mid-way). `on_phase(name)` is called before each phase
     (progress; tests use it to kill the server). The session is closed before returning or raising.
@@ -225,7 +238,7 @@ def deploy(build_dir: str | Path, endpoint: Endpoint, *, number: int = 1, repeat
     phases: dict[str, float] = {}
     timed = _phase_runner(endpoint, phases, on_phase)
 
-    inputs, expected = timed("reference", lambda: _reference(manifest))
+    inputs, expected = timed("reference", lambda: _reference(manifest, model_file))
     timed("check", lambda: check_available(endpoint))
     log(f"[deploy] running {entry} on {endpoint.describe()}")
     session = timed("connect", lambda: open_session(endpoint, wait=wait))
