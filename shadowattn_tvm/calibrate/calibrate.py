@@ -95,7 +95,7 @@ def sample_scale_stats(runner, seq_len: int, text: str | None = None, seed: int 
     there is no text or tokenizer), spread `SYNTHETIC_SPREAD`: what an NPU build uses when no
     calibrated profile is given (`shadowattn calibrate` measures the real spread)."""
     from ..npu.buckets import SYNTHETIC_SPREAD, ScaleStats, StatsSource
-    from ..frontend.tokenizer import TokenizerError
+    from ..tokenizer import TokenizerError
 
     forward, blocks = _blocks_at(runner, seq_len)
     ids = []

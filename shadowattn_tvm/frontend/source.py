@@ -25,7 +25,7 @@ import numpy as np
 
 from .._compat import relax, tvm
 from ..weights import TensorRef, WeightMap, file_sha256
-from .tokenizer import TextTokenizer, TokenizerError, from_file
+from ..tokenizer import TextTokenizer, TokenizerError, from_file
 
 #: names `open_model` knows besides paths; "default" is the attention block of `shadowattn demo block`
 EMBEDDED = ("smollm2",)
@@ -115,7 +115,7 @@ class GGUFSource(ModelSource):
         self.max_len = self.config.context_length
 
     def _own_tokenizer(self) -> TextTokenizer:
-        from .tokenizer import from_gguf_fields
+        from ..tokenizer import from_gguf_fields
 
         return from_gguf_fields(self.file.get)
 
@@ -123,9 +123,16 @@ class GGUFSource(ModelSource):
     def weight_map(self) -> WeightMap:
         return self.file.weight_map()
 
-    @functools.cached_property
-    def _weights(self) -> dict:
-        return self.weight_map.load(check=False)  # the sha256 was just computed from this file
+    @functools.lru_cache(maxsize=1)
+    def weights(self) -> dict:
+        """Every parameter of the decoder by name (read once; the sha256 was computed from this file)."""
+        return self.weight_map.load(check=False)
+
+    def parameter_names(self) -> list:
+        """The decoder's parameters in the order every exported function takes them."""
+        from .decoder import build_decoder
+
+        return [name for name, _ in build_decoder(self.config).named_parameters()]
 
     def export(self, seq_len: int) -> Exported:
         from tvm.relax.frontend import nn
@@ -136,7 +143,8 @@ class GGUFSource(ModelSource):
         mod, named = build_decoder(self.config).export_tvm(
             spec={"forward": {"input_ids": nn.spec.Tensor([1, seq_len], "int32")}})
         names = [n for n, _ in named]
-        return Exported(_as_main(mod, "forward"), names, lambda: {n: self._weights[n] for n in names},
+        assert names == self.parameter_names()
+        return Exported(_as_main(mod, "forward"), names, lambda: {n: self.weights()[n] for n in names},
                         self.weight_map)
 
     def describe(self) -> str:

@@ -8,7 +8,7 @@ from tvm import relax
 
 import shadowattn_tvm as sat
 from shadowattn_tvm.frontend import GGUFSource, ModelError, ModelRunner, RelaxSource, open_model
-from shadowattn_tvm.frontend.tokenizer import TokenizerError
+from shadowattn_tvm.tokenizer import TokenizerError
 from shadowattn_tvm.testing import tiny_llama, tiny_models
 
 TOKENS = 24

@@ -46,6 +46,19 @@ class TextTokenizer:
     def decode(self, ids, skip_special: bool = False) -> str:
         return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special)
 
+    def save(self, directory) -> Path:
+        """tokenizer.json and tokenizer_config.json (BOS/EOS, chat template) into `directory`: what
+        `from_file` reads back, so a build carries its model's tokenizer."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.backend.save(str(directory / "tokenizer.json"))
+        bos = self.backend.id_to_token(self.bos_id) if self.bos_id is not None else None
+        eos = sorted(self.eos_ids)
+        config = {"bos_token": bos, "add_bos_token": self.add_bos, "chat_template": self.chat_template,
+                  "eos_token": self.backend.id_to_token(eos[0]) if eos else None, "eos_token_ids": eos}
+        (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=1))
+        return directory / "tokenizer.json"
+
     def render_chat(self, messages: list, add_generation_prompt: bool = True) -> str:
         """The model's chat template applied to [{"role": ..., "content": ...}] (Jinja2, as transformers)."""
         if not self.chat_template:
@@ -110,7 +123,7 @@ def from_file(path) -> TextTokenizer:
     if not path.is_file():
         raise TokenizerError(f"tokenizer file {path} does not exist: pass a tokenizer.json or a .gguf file")
     if path.suffix == ".gguf":
-        from .gguf_file import read_metadata
+        from .frontend.gguf_file import read_metadata
 
         return from_gguf_fields(read_metadata(path))
     from tokenizers import Tokenizer
@@ -125,6 +138,7 @@ def from_file(path) -> TextTokenizer:
     bos_id = backend.token_to_id(bos) if bos else None
     add_bos = bos_id is not None and bool(config.get("add_bos_token", False))
     eos_ids = frozenset(i for i in (backend.token_to_id(eos) if eos else None,) if i is not None)
+    eos_ids |= frozenset(int(i) for i in config.get("eos_token_ids", ()))
     template = config.get("chat_template")
     if isinstance(template, list):  # named templates: take the default one
         template = next((t["template"] for t in template if t.get("name") == "default"), None)

@@ -1,0 +1,166 @@
+"""`shadowattn generate`: shadowAttn prefill into a KV cache, then dense decode, on this host.
+
+    gen = Generator.open("smollm2", keep=0.2)
+    result = gen.generate("What is the capital of France?", chat=True, max_new_tokens=64, on_text=print)
+
+The KV cache is a static-capacity tensor of ours (`frontend.decoder.export_generation`), not
+TVM's paged `nn` KV cache: the prefill must stay the plain matmul-softmax attention the pass set
+detects and rewrites (a paged cache hides it in opaque attention kernels), and a phone's NPU
+graphs need static shapes. The module has one prefill function per prompt chunk (q_len < kv_len
+after the first: bottom-right causal blocks, which detection handles) and one decode step over
+the cache with our `ops.decode` kernels. Compiled modules are cached on disk by model, options
+and shapes (``$SHADOWATTN_CACHE/generate/``), so a second run starts at once.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ._compat import relax, tvm
+from .builder.options import BuildOptions, compile_model
+from .frontend.source import GGUFSource, ModelSource, open_model
+from .runtime.generation import Generation, GenerationError, GenerationSpec, Sampler, Session, generate
+from .settings import cache_dir
+
+DEFAULT_CHUNK = 256
+DEFAULT_CAPACITY = 2048
+
+
+def _decoder_source(source: ModelSource) -> GGUFSource:
+    if not isinstance(source, GGUFSource):
+        raise GenerationError(f"{source.name}: generation needs a decoder we build (smollm2 or a .gguf file); an ONNX "
+                              "export has no KV cache for us to drive (it runs prefill only: eval, compile)")
+    return source
+
+
+def generation_spec(source: GGUFSource, chunk: int, capacity: int, chunks: int) -> GenerationSpec:
+    from .frontend.decoder import cache_shape
+
+    for name, value in (("chunk", chunk), ("capacity", capacity), ("chunks", chunks)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise GenerationError(f"{name} must be a positive integer, got {value!r}")
+    if capacity > source.max_len:
+        raise GenerationError(f"a KV cache of {capacity} exceeds {source.name}'s context length ({source.max_len})")
+    if capacity % chunk or chunk * chunks > capacity:
+        raise GenerationError(f"the capacity ({capacity}) must be a multiple of the chunk ({chunk}) and hold "
+                              f"{chunks} chunk(s)")
+    pad = source.tokenizer.eos_ids and min(source.tokenizer.eos_ids) or 0
+    return GenerationSpec(chunk, chunks, capacity, cache_shape(source.config, capacity), int(pad))
+
+
+def generation_ir(source: GGUFSource, spec: GenerationSpec):
+    """(IRModule with prefill_c0.. and decode, weight names)."""
+    from .frontend.decoder import export_generation
+
+    return export_generation(source.config, spec.chunk, spec.capacity, range(spec.chunks))
+
+
+def _cache_key(source, options: BuildOptions | None, spec: GenerationSpec, target) -> str:
+    from . import __version__
+
+    blob = json.dumps({"model": source.fingerprint, "options": None if options is None else options.to_json(),
+                       "spec": spec.to_json(), "target": str(target), "tvm": tvm.__version__, "sat": __version__,
+                       "code": _code_digest()}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _code_digest() -> str:
+    """The sources that decide what a generation module computes (a cached module goes stale with them)."""
+    root = Path(__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted([*root.glob("ops/*.py"), *root.glob("passes/*.py"), root / "frontend" / "decoder.py"]):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def compile_generation(source: GGUFSource, spec: GenerationSpec, options: BuildOptions | None, target=None,
+                       use_cache: bool = True, log=None):
+    """The host executable of the generation module; options None compiles it dense."""
+    from .passes import lowering
+    from .targets import get
+
+    target = target or get("host").cpu
+    path = cache_dir() / "generate" / f"{_cache_key(source, options, spec, target)}.so"
+    if use_cache and path.exists():
+        return tvm.runtime.load_module(str(path))
+    mod, _ = generation_ir(source, spec)
+    if log is not None:
+        log(f"[generate] compiling {source.name}: {spec.chunks} prefill chunk(s) of {spec.chunk}, KV cache "
+            f"{spec.capacity}, {'dense' if options is None else 'shadowAttn'} (cached for the next run)")
+    if options is None:
+        executable = tvm.compile(mod, target=target, relax_pipeline=lowering())
+    else:
+        executable = compile_model(mod, target, options)
+    if use_cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{np.random.default_rng().integers(1 << 30)}.so")
+        executable.export_library(str(tmp))
+        tmp.replace(path)
+    return executable
+
+
+def prompt_ids(tokenizer, prompt: str, chat: bool = False) -> list:
+    """The prompt's token ids: the chat template applied with `chat`, BOS first where the model wants it."""
+    if not prompt:
+        raise GenerationError("the prompt is empty: pass --prompt TEXT")
+    text = tokenizer.render_chat([{"role": "user", "content": prompt}]) if chat else prompt
+    return ([tokenizer.bos_id] if tokenizer.add_bos and not chat else []) + tokenizer.encode(text)
+
+
+@dataclass
+class Generator:
+    """A compiled generation module of one model, ready to open sessions on this host."""
+
+    source: GGUFSource
+    spec: GenerationSpec
+    executable: object
+    weights: list
+
+    @classmethod
+    def open(cls, model, keep: float | None = 0.2, profile=None, k_min: int = 64, dense: bool = False,
+             chunk: int = DEFAULT_CHUNK, capacity: int = DEFAULT_CAPACITY, prompt_tokens: int = 1,
+             tokenizer=None, use_cache: bool = True, log=None) -> "Generator":
+        """Compile (or load from the cache) the module for `model` with the prefill chunks a prompt of
+        `prompt_tokens` tokens needs (each chunk is one more prefill function to compile)."""
+        source = _decoder_source(model if isinstance(model, ModelSource) else open_model(model, tokenizer))
+        capacity = min(capacity, source.max_len)
+        chunk = min(chunk, capacity)
+        if prompt_tokens >= capacity:
+            raise GenerationError(f"the prompt has {prompt_tokens} tokens and the KV cache holds {capacity}: no room "
+                                  "to generate; raise --capacity (at most the model's context length)")
+        spec = generation_spec(source, chunk, capacity, max(1, -(-prompt_tokens // chunk)))
+        options = None if dense else BuildOptions(keep=keep if profile is None else None, k_min=k_min, profile=profile)
+        executable = compile_generation(source, spec, options, use_cache=use_cache, log=log)
+        arrays = source.weights()
+        return cls(source, spec, executable, [tvm.runtime.tensor(arrays[n]) for n in source.parameter_names()])
+
+    @property
+    def tokenizer(self):
+        return self.source.tokenizer
+
+    def session(self) -> Session:
+        return Session(relax.VirtualMachine(self.executable, tvm.cpu()), tvm.cpu(), self.weights, self.spec)
+
+    def generate(self, prompt: str, *, chat: bool = False, max_new_tokens: int = 128, sampler: Sampler = Sampler(),
+                 on_text=None) -> Generation:
+        """Generate from `prompt`; `on_text(piece)` receives the decoded text as it grows."""
+        ids = prompt_ids(self.tokenizer, prompt, chat)
+        shown, tokens = "", []
+
+        def on_token(token):
+            nonlocal shown
+            tokens.append(token)
+            text = self.tokenizer.decode(tokens, skip_special=True)
+            if on_text is not None and not text.endswith("\ufffd"):  # wait for a whole UTF-8 character
+                on_text(text[len(shown):])
+                shown = text
+
+        return generate(self.session(), ids, max_new_tokens, sampler, self.tokenizer.eos_ids, on_token)
+
+
+__all__ = ["DEFAULT_CAPACITY", "DEFAULT_CHUNK", "Generator", "compile_generation", "generation_ir", "generation_spec",
+           "prompt_ids"]
