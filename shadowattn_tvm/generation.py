@@ -23,14 +23,14 @@ import numpy as np
 from ._compat import relax, tvm
 from .builder.options import BuildOptions, compile_model
 from .frontend.source import GGUFSource, ModelSource, open_model
-from .runtime.generation import Generation, GenerationError, GenerationSpec, Sampler, Session, generate
+from .runtime.generation import Generation, GenerationError, GenerationSpec, Sampler, Session, generate, prompt_ids
 from .settings import cache_dir
 
 DEFAULT_CHUNK = 256
 DEFAULT_CAPACITY = 2048
 
 
-def _decoder_source(source: ModelSource) -> GGUFSource:
+def decoder_source(source: ModelSource) -> GGUFSource:
     if not isinstance(source, GGUFSource):
         raise GenerationError(f"{source.name}: generation needs a decoder we build (smollm2 or a .gguf file); an ONNX "
                               "export has no KV cache for us to drive (it runs prefill only: eval, compile)")
@@ -103,14 +103,6 @@ def compile_generation(source: GGUFSource, spec: GenerationSpec, options: BuildO
     return executable
 
 
-def prompt_ids(tokenizer, prompt: str, chat: bool = False) -> list:
-    """The prompt's token ids: the chat template applied with `chat`, BOS first where the model wants it."""
-    if not prompt:
-        raise GenerationError("the prompt is empty: pass --prompt TEXT")
-    text = tokenizer.render_chat([{"role": "user", "content": prompt}]) if chat else prompt
-    return ([tokenizer.bos_id] if tokenizer.add_bos and not chat else []) + tokenizer.encode(text)
-
-
 @dataclass
 class Generator:
     """A compiled generation module of one model, ready to open sessions on this host."""
@@ -126,7 +118,7 @@ class Generator:
              tokenizer=None, use_cache: bool = True, log=None) -> "Generator":
         """Compile (or load from the cache) the module for `model` with the prefill chunks a prompt of
         `prompt_tokens` tokens needs (each chunk is one more prefill function to compile)."""
-        source = _decoder_source(model if isinstance(model, ModelSource) else open_model(model, tokenizer))
+        source = decoder_source(model if isinstance(model, ModelSource) else open_model(model, tokenizer))
         capacity = min(capacity, source.max_len)
         chunk = min(chunk, capacity)
         if prompt_tokens >= capacity:

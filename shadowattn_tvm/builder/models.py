@@ -35,6 +35,10 @@ class ModelBuild:
     npu_stats: Callable[[], Any] | None = field(default=None, compare=False)  # ScaleStats from sample activations
     weight_map: Any = field(default=None, compare=False)  # weights.WeightMap: where deploy reads the weights
     derived: dict = field(default_factory=dict, compare=False)  # weights in no file: stored in the build
+    entry: str = "main"  # the function deploy runs and verifies ("prefill_c0" in a generation build)
+    generation: Any = field(default=None, compare=False)  # runtime.generation.GenerationSpec: prefill + decode
+    tokenizer: Any = field(default=None, compare=False)  # the model's TextTokenizer (a generation build keeps it)
+    reference_prompt: tuple = ()  # token ids the build's reference generation starts from
 
 
 def _tensor(var_name: str, ty) -> TensorSpec:
@@ -47,11 +51,15 @@ def _tensor(var_name: str, ty) -> TensorSpec:
     return TensorSpec(var_name, tuple(shape), str(ty.dtype))
 
 
-def signature(mod) -> tuple[tuple, tuple]:
-    """(inputs, outputs) of `mod["main"]` as TensorSpecs (single-tensor outputs only)."""
-    main = mod["main"]
-    inputs = tuple(_tensor(p.name, p.ty) for p in main.params)
-    return inputs, (_tensor("output", main.ret_ty),)
+def signature(mod, entry: str = "main") -> tuple[tuple, tuple]:
+    """(inputs, outputs) of `mod[entry]` as TensorSpecs (the outputs of a tuple in order)."""
+    func = mod[entry]
+    inputs = tuple(_tensor(p.name, p.ty) for p in func.params)
+    ret = func.ret_ty
+    fields = getattr(ret, "fields", None)
+    outputs = tuple(_tensor(f"output{i}", t) for i, t in enumerate(fields)) if fields is not None else (
+        _tensor("output", ret),)
+    return inputs, outputs
 
 
 def _default(tokens: int) -> ModelBuild:
@@ -72,10 +80,17 @@ def _default_stats(spec):
     return calibration_stats(spec)
 
 
-def source_build(source, tokens: int, bind_weights: bool = False) -> ModelBuild:
+def source_build(source, tokens: int, bind_weights: bool = False, capacity: int | None = None,
+                 prompt: str | None = None) -> ModelBuild:
     """A `frontend.ModelSource` as a build: `main(input_ids[1, tokens], *weights)` -> logits, weights
     as inputs read from the model file at deploy; with `bind_weights` they are constants of the
-    module instead (small models: the library carries them, deploy needs no file)."""
+    module instead (small models: the library carries them, deploy needs no file).
+
+    With `capacity` (a generation build, GGUF decoders): ``prefill_c0(input_ids[1, tokens], kv,
+    last)`` and ``decode(token, kv, pos)`` over a KV cache of `capacity` rows instead of ``main``,
+    the tokenizer, and a reference prompt (`prompt`, cut to `tokens`) for deploy to verify."""
+    if capacity is not None:
+        return _generation_build(source, tokens, capacity, prompt)
     exported = source.export(tokens)
     mod = exported.mod
     if bind_weights:
@@ -88,19 +103,42 @@ def source_build(source, tokens: int, bind_weights: bool = False) -> ModelBuild:
     file = {} if source.path is None else {"file": str(source.path.absolute()), "sha256": exported.weight_map.sha256
                                            if exported.weight_map is not None else None}
 
-    def npu_stats():
-        from ..calibrate.calibrate import sample_scale_stats
-        from ..frontend.model import ModelRunner
-
-        return sample_scale_stats(ModelRunner(source), tokens)
-
     return ModelBuild(
         name=source.name, mod=mod, inputs=inputs, outputs=outputs,
         description=f"{source.describe()}, {tokens}-token prefill; weights are {'constants' if bind_weights else 'inputs'}",
         config={"fingerprint": source.fingerprint, **file}, weights=None if bind_weights else exported.weights,
-        npu_stats=npu_stats, weight_map=None if bind_weights else exported.weight_map,
+        npu_stats=lambda: _sample_stats(source, tokens), weight_map=None if bind_weights else exported.weight_map,
         derived={} if bind_weights else dict(exported.derived),
     )
+
+
+REFERENCE_PROMPT = "The capital of France is"
+
+
+def _generation_build(source, tokens: int, capacity: int, prompt: str | None) -> ModelBuild:
+    from ..generation import generation_ir, generation_spec, prompt_ids, decoder_source
+
+    source = decoder_source(source)
+    spec = generation_spec(source, tokens, capacity, 1)
+    mod, names = generation_ir(source, spec)
+    ids = prompt_ids(source.tokenizer, prompt or REFERENCE_PROMPT)[:tokens]
+    inputs, outputs = signature(mod, "prefill_c0")
+    weight_map = source.weight_map
+    return ModelBuild(
+        name=source.name, mod=mod, inputs=inputs, outputs=outputs,
+        description=f"{source.describe()}: generation, {tokens}-token prefill into a {capacity}-row KV cache, "
+                    "then decode; weights are inputs",
+        config={"fingerprint": source.fingerprint, "file": str(source.path.absolute()), "sha256": weight_map.sha256},
+        weights=lambda: {n: source.weights()[n] for n in names}, weight_map=weight_map,
+        npu_stats=lambda: _sample_stats(source, tokens), entry="prefill_c0", generation=spec,
+        tokenizer=source.tokenizer, reference_prompt=tuple(ids))
+
+
+def _sample_stats(source, tokens: int):
+    from ..calibrate.calibrate import sample_scale_stats
+    from ..frontend.model import ModelRunner
+
+    return sample_scale_stats(ModelRunner(source), tokens)
 
 
 #: the names MODEL may take besides a .gguf or .onnx path
@@ -108,16 +146,20 @@ MODELS = ("default", "smollm2")
 DEFAULT_TOKENS = DEFAULT_SPEC.q_len
 
 
-def get_model(name: str, tokens: int = DEFAULT_TOKENS, tokenizer=None) -> ModelBuild:
-    """MODEL (`default`, `smollm2`, a .gguf or .onnx path) at `tokens` prefill length; ValueError
-    (`frontend.ModelError`) naming the choices otherwise."""
+def get_model(name: str, tokens: int = DEFAULT_TOKENS, tokenizer=None, capacity: int | None = None,
+              prompt: str | None = None) -> ModelBuild:
+    """MODEL (`default`, `smollm2`, a .gguf or .onnx path) at `tokens` prefill length (a generation
+    build with a KV cache of `capacity` rows when given); ValueError (`frontend.ModelError`)
+    naming the choices otherwise."""
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
         raise ValueError(f"tokens must be a positive integer, got {tokens!r}")
     if str(name) == "default":
+        if capacity is not None:
+            raise ValueError("'default' is an attention block: generation builds need smollm2 or a .gguf model")
         return _default(tokens)
     from ..frontend.source import open_model
 
-    return source_build(open_model(name, tokenizer), tokens)
+    return source_build(open_model(name, tokenizer), tokens, capacity=capacity, prompt=prompt)
 
 
 def make_inputs(inputs, seed: int = 0) -> list[np.ndarray]:

@@ -53,4 +53,37 @@ def write(out, model, executable, seed: int = SEED) -> list:
             (("inputs.npz", "reference-inputs"), ("output.npy", "reference-output"), ("reference.json", "reference"))]
 
 
-__all__ = ["write", "write_derived", "DERIVED", "DIRECTORY", "SEED"]
+GENERATE = "generate.json"
+GENERATED_TOKENS = 8
+
+
+def write_generation(out, model, executable, steps: int = GENERATED_TOKENS) -> list:
+    """reference/generate.json (the reference prompt's greedy tokens) and prefill_logits.npy (the
+    prefill's last-row logits), from this host's run of the build's program."""
+    from .._compat import relax, tvm
+    from ..runtime import lanes  # noqa: F401 - registers the NPU lane functions an NPU build calls
+    from ..runtime.generation import Session
+
+    weights = model.weights()
+    names = [s.name for s in model.inputs[3:]]  # prefill_c0(input_ids, kv, last, *weights)
+    session = Session(relax.VirtualMachine(executable, tvm.cpu()), tvm.cpu(),
+                      [tvm.runtime.tensor(weights[n]) for n in names], model.generation)
+    ids = list(model.reference_prompt)
+    logits = session.prefill(ids)
+    tokens = []
+    step = logits
+    for _ in range(steps):  # greedy, through EOS too: deploy compares every step
+        tokens.append(int(np.argmax(step)))
+        step = session.decode(tokens[-1])
+    folder = out / DIRECTORY
+    folder.mkdir()
+    np.save(folder / "prefill_logits.npy", logits)
+    (folder / GENERATE).write_text(json.dumps({
+        "prompt_ids": ids, "tokens": tokens, "weights": names,
+        "made_by": "the same program compiled for this host (llvm): greedy decoding from the reference prompt",
+    }, indent=1) + "\n")
+    return [Artifact(f"{DIRECTORY}/{GENERATE}", "reference-generation"),
+            Artifact(f"{DIRECTORY}/prefill_logits.npy", "reference-output")]
+
+
+__all__ = ["write", "write_derived", "write_generation", "DERIVED", "DIRECTORY", "GENERATE", "SEED"]

@@ -28,6 +28,11 @@ def add_parser(sub) -> None:
                        help="MetaSchedule database from `shadowattn tune` (default: tune_logs/<device> if it exists); "
                             "its records schedule the kernels where they beat the shipped kernels")
     tuned.add_argument("--no-tune-logs", action="store_true", help="ignore tune_logs/<device>: shipped kernels only")
+    p.add_argument("--generate", action="store_true",
+                   help="a generation build (smollm2 or a .gguf): prefill of --tokens prompt tokens into a KV cache, "
+                        "then a decode step; deploy verifies greedy tokens from a reference prompt")
+    p.add_argument("--capacity", type=int, help="--generate: KV cache rows, prompt plus new tokens (default --tokens + 64)")
+    p.add_argument("--prompt", help="--generate: the reference prompt deploy verifies (default 'The capital of France is')")
     p.add_argument("--quiet", action="store_true", help="print only the summary line")
     p.set_defaults(run=run)
 
@@ -40,6 +45,13 @@ def run(args) -> int:
     from ..targets import get as get_device
 
     try:
+        if (args.capacity is not None or args.prompt is not None) and not args.generate:
+            raise ValueError("--capacity and --prompt describe a generation build: add --generate")
+        capacity = None
+        if args.generate:
+            capacity = args.capacity if args.capacity is not None else args.tokens + 64
+            if capacity <= args.tokens:
+                raise ValueError(f"--capacity {capacity} leaves no room to generate after {args.tokens} prompt tokens")
         profile = SparsityProfile.load(args.profile) if args.profile else None
         if profile is None and args.model == "smollm2":
             profile = SparsityProfile.load(SHIPPED_PROFILE).retarget(args.keep)
@@ -47,7 +59,8 @@ def run(args) -> int:
         if tune_logs is None and not args.no_tune_logs:
             tune_logs = default_tune_logs(get_device(args.device).name)
         result = compile_to_dir(args.device, args.output, model=args.model, tokens=args.tokens, keep=args.keep,
-                                k_min=args.k_min, profile=profile, tune_logs=tune_logs,
+                                k_min=args.k_min, profile=profile, tune_logs=tune_logs, capacity=capacity,
+                                prompt=args.prompt,
                                 log=(lambda _msg: None) if args.quiet else print)
     except (ValueError, ProfileError, BuildDirError, ToolchainError, OSError) as err:
         raise SystemExit(f"shadowattn compile: error: {err}") from None

@@ -177,8 +177,9 @@ def build_decoder(config: DecoderConfig):
 
         def prefill_chunk(self, input_ids, kv, last, start: int, capacity: int):
             """Tokens start..start+P-1 of a prompt: writes their K/V into the cache `kv` (in place) and
-            attends over cache rows 0..start+P-1 (q_len < kv_len after the first chunk, bottom-right
-            causal: the form detection rewrites); returns (logits of row `last`, kv)."""
+            attends over cache rows 0..start+P-1 read back from it (q_len < kv_len after the first
+            chunk, bottom-right causal: the form detection rewrites; reading back keeps every write
+            live); returns the logits [1, 1, V] of row `last`."""
             P = input_ids.shape[1]
             n = start + P
             x = self.embed_tokens(input_ids)
@@ -188,15 +189,14 @@ def build_decoder(config: DecoderConfig):
             for i, layer in enumerate(self.layers):
                 q, k, v = layer.attn.qkv(layer.attn_norm(x), cos, sin, start)
                 kv = kv_write(kv, k, v, first, i)
-                if start:
-                    k, v = kv_read(kv, i, n)
+                k, v = kv_read(kv, i, n)
                 x = x + layer.attn.o_proj(layer.attn.attend(q, k, v, mask))
                 x = x + layer.mlp(layer.ffn_norm(x))
-            return self._head(x, last), kv
+            return self._head(x, last)
 
         def decode(self, token, kv, pos, capacity: int):
-            """One token at position `pos` (a one-element int32 tensor): writes its K/V into the cache
-            and attends densely over rows 0..pos; returns (logits [1, 1, V], kv)."""
+            """One token at position `pos` (a one-element int32 tensor): writes its K/V into the cache (in
+            place) and attends densely over rows 0..pos; returns the logits [1, 1, V]."""
             x = self.embed_tokens(token)
             cos, sin = self.tables(capacity)
             for i, layer in enumerate(self.layers):
@@ -205,7 +205,7 @@ def build_decoder(config: DecoderConfig):
                 out = decode_attention(q, kv, pos, i)
                 x = x + layer.attn.o_proj(op.reshape(out, (1, 1, H * D)))
                 x = x + layer.mlp(layer.ffn_norm(x))
-            return self.lm_head(self.norm(x)), kv
+            return self.lm_head(self.norm(x))
 
     def kv_write(kv, k, v, start, layer: int):
         from ..ops.decode import kv_write as kernel
@@ -239,9 +239,10 @@ def cache_shape(config: DecoderConfig, capacity: int) -> tuple:
 
 def export_generation(config: DecoderConfig, chunk: int, capacity: int, chunks=None, decode: bool = True):
     """The generation functions of `config` as one IRModule: ``prefill_c<i>(input_ids [1, chunk], kv,
-    last [1]) -> (logits [1, 1, V], kv)`` for each chunk index i in `chunks` (default: every chunk
-    of the capacity), and ``decode(token [1, 1], kv, pos [1]) -> (logits, kv)``; weights trail
-    every function's inputs in the same order. Returns (module, weight names)."""
+    last [1]) -> logits [1, 1, V]`` for each chunk index i in `chunks` (default: every chunk of
+    the capacity), and ``decode(token [1, 1], kv, pos [1]) -> logits``; both update the cache `kv`
+    in place (``call_tir_inplace``). Weights trail every function's inputs in the same order.
+    Returns (module, weight names)."""
     from tvm.relax.frontend import nn
 
     if capacity % chunk:

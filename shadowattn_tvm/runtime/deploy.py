@@ -77,6 +77,7 @@ class DeployResult:
     npu_launches: int | None = None  # launches the NPU ran in the verified run (None: the pilot is on the CPU)
     npu_planned: int | None = None  # plan.json's count
     trace: str | None = None
+    generation: dict | None = None  # a generation build's run (`deploy_generation.Run.to_json`)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -93,6 +94,10 @@ class DeployResult:
                                                 f"({self.repeat} x {self.number} runs)"),
             ("phases", ", ".join(f"{k} {v:.1f} s" for k, v in self.phases_s.items())),
         ]
+        if self.generation is not None:
+            from .deploy_generation import table_rows
+
+            rows[3:4] = table_rows(self.generation, self.label)
         if self.npu_launches is not None:
             ok = "as planned" if self.npu_launches == self.npu_planned else "MISMATCH"
             where = "emulated Hexagon (qemu-hexagon)" if self.server.get("kind") == "emulated" else "the NPU"
@@ -190,8 +195,9 @@ class _NPU:
         return int(json.loads(self.stats())["launches"]), json.loads(self.trace())
 
 
-def _on_device(session, timed, manifest, cpu_module: Path, entry: str, inputs, number: int, repeat: int):
-    """Everything that touches remote objects; they all die with this frame (closing the session)."""
+def _on_device(session, timed, manifest, cpu_module: Path, inputs, work):
+    """Everything that touches remote objects; they all die with this frame (closing the session).
+    `work(vm, dev, args, npu)` runs the build's workload and returns what the caller keeps."""
     prefix = f"shadowattn_{manifest.data['device']['name']}"
     info = timed("query", lambda: _server_info(session))
     built_for = elf_machine(cpu_module)
@@ -204,10 +210,18 @@ def _on_device(session, timed, manifest, cpu_module: Path, entry: str, inputs, n
     dev = session.cpu()
     vm = timed("load", lambda: relax.VirtualMachine(session.load_module(f"{prefix}_{cpu_module.name}"), dev))
     args = timed("inputs", lambda: [tvm.runtime.tensor(x, dev) for x in inputs])
-    output = timed("run", lambda: vm[entry](*args).numpy())
-    launches, events = timed("npu stats", npu.collect)
-    evaluator = timed("time", lambda: vm.time_evaluator(entry, dev, number=number, repeat=repeat)(*args))
-    return info, output, [float(r) * 1e3 for r in evaluator.results], float(evaluator.mean) * 1e3, launches, events
+    return info, work(vm, dev, args, npu)
+
+
+def _prefill_work(timed, entry: str, number: int, repeat: int):
+    """The build's prefill once (verified, NPU launches counted), then time_evaluator."""
+    def work(vm, dev, args, npu):
+        output = timed("run", lambda: vm[entry](*args).numpy())
+        launches, events = timed("npu stats", npu.collect)
+        evaluator = timed("time", lambda: vm.time_evaluator(entry, dev, number=number, repeat=repeat)(*args))
+        return output, [float(r) * 1e3 for r in evaluator.results], float(evaluator.mean) * 1e3, launches, events
+
+    return work
 
 
 def _write_trace(path: Path, events: list, label: str) -> str:
@@ -222,12 +236,16 @@ def _write_trace(path: Path, events: list, label: str) -> str:
 
 def deploy(build_dir: str | Path, endpoint: Endpoint, *, number: int = 1, repeat: int = 3,
            wait: float = 60.0, tolerance: Tolerance = Tolerance(), trace: str | Path | None = None,
-           model_file: str | Path | None = None, on_phase: Callable[[str], None] | None = None, log=print) -> DeployResult:
+           model_file: str | Path | None = None, generate=None, on_phase: Callable[[str], None] | None = None,
+           log=print) -> DeployResult:
     """Run the build in `build_dir` on a device of `endpoint`; see the module docstring.
 
     trace: where the Chrome trace of an NPU build's verified run goes (default
     ``<build>/trace-<label>.json``). model_file: the model file the weights are read from, when it
-    is no longer where the build recorded it (its sha256 must still match). Raises ManifestError (bad build), RPCUnavailable (no
+    is no longer where the build recorded it (its sha256 must still match). A generation build
+    (``compile --generate``) runs its reference prompt through prefill and greedy decode instead,
+    verified token by token (`deploy_generation`); `generate` (a `deploy_generation.Request`) then
+    also generates from a prompt of the user's. Raises ManifestError (bad build), RPCUnavailable (no
     session: tracker/server unreachable, key unknown, no free device within `wait` s) or
     DeployError (the session failed mid-way). `on_phase(name)` is called before each phase
     (progress; tests use it to kill the server). The session is closed before returning or raising.
@@ -238,14 +256,23 @@ def deploy(build_dir: str | Path, endpoint: Endpoint, *, number: int = 1, repeat
     phases: dict[str, float] = {}
     timed = _phase_runner(endpoint, phases, on_phase)
 
-    inputs, expected = timed("reference", lambda: _reference(manifest, model_file))
+    generation = manifest.data.get("generation")
+    if generate is not None and generation is None:
+        raise ManifestError(f"{manifest.root} has no decode step: compile it with --generate to generate text")
+    if generation is not None:
+        from . import deploy_generation
+
+        inputs, expected = timed("reference", lambda: deploy_generation.reference(manifest, model_file))
+        work = deploy_generation.work(timed, manifest, expected, generate)
+    else:
+        inputs, expected = timed("reference", lambda: _reference(manifest, model_file))
+        work = _prefill_work(timed, entry, number, repeat)
     timed("check", lambda: check_available(endpoint))
     log(f"[deploy] running {entry} on {endpoint.describe()}")
     session = timed("connect", lambda: open_session(endpoint, wait=wait))
     error = None
     try:
-        info, output, runs_ms, mean_ms, launches, events = _on_device(session, timed, manifest, cpu_module, entry,
-                                                                      inputs, number, repeat)
+        info, done = _on_device(session, timed, manifest, cpu_module, inputs, work)
     except DeployError as err:
         error = DeployError(str(err))  # a fresh error: the original's traceback pins the session
     finally:
@@ -253,9 +280,16 @@ def deploy(build_dir: str | Path, endpoint: Endpoint, *, number: int = 1, repeat
         gc.collect()  # RPC sessions close when their last reference dies; TVM objects can sit in cycles
     if error is not None:
         raise error
+    if generation is not None:
+        done, launches, events = done
+        output, expected, runs_ms, mean_ms = done.output, done.expected, [done.prefill_ms], done.prefill_ms
+    else:
+        output, runs_ms, mean_ms, launches, events = done
+        done = None
     close = output.shape == expected.shape
     err = float(np.max(np.abs(output.astype(np.float64) - expected))) if close else float("inf")
     verified = close and bool(np.allclose(output, expected, atol=tolerance.atol, rtol=tolerance.rtol))
+    verified = verified and (done is None or done.tokens == done.expected_tokens)
     label = LABELS.get(info.get("kind"), LABELS[None])
     planned = manifest.data.get("lanes", {}).get("pilot", {}).get("launches")
     trace_path = None
@@ -268,6 +302,7 @@ def deploy(build_dir: str | Path, endpoint: Endpoint, *, number: int = 1, repeat
         tolerance=tolerance, mean_ms=mean_ms, median_ms=float(np.median(runs_ms)), runs_ms=runs_ms,
         number=number, repeat=repeat, phases_s={k: round(v, 3) for k, v in phases.items()},
         npu_launches=launches, npu_planned=planned, trace=trace_path,
+        generation=None if done is None else done.to_json(),
     )
 
 

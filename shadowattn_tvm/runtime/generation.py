@@ -1,8 +1,8 @@
 """Text generation over a compiled generation module, on this host or a device over RPC.
 
 The module (`frontend.decoder.export_generation`) has ``prefill_c<i>(ids [1, P], kv, last) ->
-(logits, kv)`` per prompt chunk i and ``decode(token, kv, pos) -> (logits, kv)``; the KV cache is
-one static-capacity tensor the functions update in place. A `Session` owns the cache on the
+logits`` per prompt chunk i and ``decode(token, kv, pos) -> logits``; the KV cache is one
+static-capacity tensor the functions update in place. A `Session` owns the cache on the
 device and runs a prompt in chunks (the last one padded: pads sit after every real token, so
 causal attention never lets a real row see them, and decode overwrites their cache rows before
 any step reads them), then one decode step per token. `generate` adds sampling, stop rules and
@@ -53,7 +53,9 @@ class Session:
     def __init__(self, vm, device, weights: list, spec: GenerationSpec):
         self.vm, self.device, self.weights, self.spec = vm, device, weights, spec
         self.length = 0
-        self.kv = tvm.runtime.tensor(np.zeros(spec.cache_shape, "float32"), device)
+        # allocated, not uploaded: every row a step reads was written before (prefill chunks in order,
+        # decode writes its row first), so the initial content never matters
+        self.kv = tvm.runtime.empty(spec.cache_shape, "float32", device)
 
     def _tensor(self, array):
         return tvm.runtime.tensor(np.ascontiguousarray(array), self.device)
@@ -76,9 +78,8 @@ class Session:
         logits = None
         for c in range(chunks):
             last = min(n - 1 - c * spec.chunk, spec.chunk - 1)
-            out = self.vm[f"prefill_c{c}"](self._tensor(padded[c * spec.chunk:(c + 1) * spec.chunk].reshape(1, -1)),
-                                          self.kv, self._tensor(np.array([last], "int32")), *self.weights)
-            logits, self.kv = out[0], out[1]
+            logits = self.vm[f"prefill_c{c}"](self._tensor(padded[c * spec.chunk:(c + 1) * spec.chunk].reshape(1, -1)),
+                                             self.kv, self._tensor(np.array([last], "int32")), *self.weights)
         self.length = n
         return logits.numpy().reshape(-1)
 
@@ -86,11 +87,18 @@ class Session:
         """Append `token` at the next position; the logits [V] after it."""
         if self.length >= self.spec.capacity:
             raise GenerationError(f"the KV cache is full ({self.spec.capacity} tokens): compile with a larger capacity")
-        out = self.vm["decode"](self._tensor(np.array([[int(token)]], "int32")), self.kv,
-                                self._tensor(np.array([self.length], "int32")), *self.weights)
-        logits, self.kv = out[0], out[1]
+        logits = self.vm["decode"](self._tensor(np.array([[int(token)]], "int32")), self.kv,
+                                   self._tensor(np.array([self.length], "int32")), *self.weights)
         self.length += 1
         return logits.numpy().reshape(-1)
+
+
+def prompt_ids(tokenizer, prompt: str, chat: bool = False) -> list:
+    """The prompt's token ids: the chat template applied with `chat`, BOS first where the model wants it."""
+    if not prompt:
+        raise GenerationError("the prompt is empty: pass --prompt TEXT")
+    text = tokenizer.render_chat([{"role": "user", "content": prompt}]) if chat else prompt
+    return ([tokenizer.bos_id] if tokenizer.add_bos and not chat else []) + tokenizer.encode(text)
 
 
 @dataclass(frozen=True)
@@ -169,4 +177,4 @@ def generate(session: Session, ids, max_new_tokens: int, sampler: Sampler = Samp
     return result
 
 
-__all__ = ["Generation", "GenerationError", "GenerationSpec", "Sampler", "Session", "generate"]
+__all__ = ["Generation", "GenerationError", "GenerationSpec", "Sampler", "Session", "generate", "prompt_ids"]

@@ -88,3 +88,22 @@ def test_a_tiny_llama_compiles_and_deploys_with_the_npu_lane(emulated_phone, cro
     assert code == 0, stdout
     assert "verified" in stdout
     assert f"{plan['launches']} executed on emulated Hexagon (qemu-hexagon), plan.json has {plan['launches']}" in stdout
+
+
+def test_a_generation_build_runs_prefill_on_the_npu_and_decodes(emulated_phone, cross_toolchain, tmp_path, capsys):
+    """compile --generate for a phone, deploy --generate on the emulated phone: the reference prompt's
+    prefill with every pilot on emulated Hexagon, greedy decode verified, then a prompt of ours."""
+    from shadowattn_tvm.testing import tiny_llama
+
+    path = tiny_llama.tiny_gguf_path(tmp_path)
+    out = tmp_path / "gen"
+    assert main(["compile", str(path), "--device", "snapdragon-8gen3", "--tokens", "32", "--generate", "--capacity",
+                 "64", "--keep", "0.5", "--k-min", "4", "-o", str(out), "--quiet"]) == 0
+    plan = json.loads((out / "plan.json").read_text())
+    capsys.readouterr()
+    code = main(["deploy", str(out), "--rpc-tracker", emulated_phone.tracker_address, "--generate", "--prompt",
+                 "the cat", "--max-new-tokens", "4"])
+    stdout = capsys.readouterr().out
+    assert code == 0, stdout
+    assert "8 of 8 equal: verified" in stdout and "emulated" in stdout
+    assert f"{plan['launches']} executed on emulated Hexagon (qemu-hexagon), plan.json has {plan['launches']}" in stdout
