@@ -135,3 +135,28 @@ def test_greedy_decode_matches_transformers(family, tmp_path):
         out = model.generate(torch.tensor([ids]), max_new_tokens=20, do_sample=False, eos_token_id=None,
                              pad_token_id=0)
     assert ours == out[0, len(ids):].tolist()
+
+
+def test_sparse_decode_keeps_the_int8_cache_and_equals_dense_at_keep_one(tiny):
+    """Sparse decode (beyond the paper): INT8 keys written with the calibrated scale by every
+    function, decode_sparse over the pilot's picks; keeping every key it is dense decode."""
+    from shadowattn_tvm.calibrate.calibrate import calibrate
+    from shadowattn_tvm.frontend import ModelRunner
+
+    source = GGUFSource(tiny[0])
+    profile = calibrate(ModelRunner(source), "the cat sat on the mat and the dog ate the hat " * 20, keep=0.5,
+                        ctx=32, progress=False)
+    ids = list(np.random.default_rng(4).integers(3, 200, 12))
+    common = dict(dense=True, chunk=CHUNK, capacity=CAPACITY, prompt_tokens=16, use_cache=False, k_min=2)
+    dense = generate(Generator.open(source, **common).session(), ids, 10).tokens
+    full = Generator.open(source, profile=profile.retarget(1.0), sparse_decode_from=1, **common)
+    session = full.session()
+    assert generate(session, ids, 10).tokens == dense
+    ks = np.array([layer.k_scales for layer in profile.layers], "float32")
+    kv, k8 = (c.numpy() for c in session.caches)
+    n = session.length  # every row written so far, prefill and decode, is in the INT8 cache too
+    np.testing.assert_array_equal(k8[:, :, :n], np.clip(np.rint(kv[:, 0, :, :n] / ks[:, :, None, None]), -127, 127))
+    sparse = Generator.open(source, profile=profile.retarget(0.3), sparse_decode_from=1, **common)
+    assert len(generate(sparse.session(), ids, 10).tokens) == 10
+    with pytest.raises(GenerationError, match="needs a calibrated profile"):
+        Generator.open(source, sparse_decode_from=1, **common)

@@ -1,4 +1,5 @@
-"""The decoders of the `architectures` table as one `tvm.relax.frontend.nn.Module`.
+"""The decoders of the `architectures` table as one `tvm.relax.frontend.nn.Module` (generation's
+prefill chunks and decode step over a KV cache are built on it in `frontend.generation`).
 
 Attention is written the ordinary way (matmul, scale, causal mask, softmax, matmul, GQA via HF's
 repeat_kv) so that `DetectAttention` finds it like any imported model's. Linear weights are
@@ -171,105 +172,11 @@ def build_decoder(config: DecoderConfig):
                 x = layer(x, cos, sin, mask)
             return self.lm_head(self.norm(x))
 
-        def _head(self, x, row):
+        def head(self, x, row):
             """Logits [1, 1, V] of one row of x [1, S, hidden] (`row`: a one-element int32 tensor)."""
             return self.lm_head(self.norm(op.take(x, row, axis=1)))
-
-        def prefill_chunk(self, input_ids, kv, last, start: int, capacity: int):
-            """Tokens start..start+P-1 of a prompt: writes their K/V into the cache `kv` (in place) and
-            attends over cache rows 0..start+P-1 read back from it (q_len < kv_len after the first
-            chunk, bottom-right causal: the form detection rewrites; reading back keeps every write
-            live); returns the logits [1, 1, V] of row `last`."""
-            P = input_ids.shape[1]
-            n = start + P
-            x = self.embed_tokens(input_ids)
-            cos, sin = self.tables(capacity)
-            mask = causal_mask(P, n, config.sliding_window)
-            first = nn.Tensor.from_const(np.array([start], "int32"))
-            for i, layer in enumerate(self.layers):
-                q, k, v = layer.attn.qkv(layer.attn_norm(x), cos, sin, start)
-                kv = kv_write(kv, k, v, first, i)
-                k, v = kv_read(kv, i, n)
-                x = x + layer.attn.o_proj(layer.attn.attend(q, k, v, mask))
-                x = x + layer.mlp(layer.ffn_norm(x))
-            return self._head(x, last)
-
-        def decode(self, token, kv, pos, capacity: int):
-            """One token at position `pos` (a one-element int32 tensor): writes its K/V into the cache (in
-            place) and attends densely over rows 0..pos; returns the logits [1, 1, V]."""
-            x = self.embed_tokens(token)
-            cos, sin = self.tables(capacity)
-            for i, layer in enumerate(self.layers):
-                q, k, v = layer.attn.qkv(layer.attn_norm(x), cos, sin, pos)
-                kv = kv_write(kv, k, v, pos, i)
-                out = decode_attention(q, kv, pos, i)
-                x = x + layer.attn.o_proj(op.reshape(out, (1, 1, H * D)))
-                x = x + layer.mlp(layer.ffn_norm(x))
-            return self.lm_head(self.norm(x))
-
-    def kv_write(kv, k, v, start, layer: int):
-        from ..ops.decode import kv_write as kernel
-
-        func = kernel(config.layers, HKV, kv.shape[3], D, k.shape[1])
-        return op.tensor_ir_inplace_op(func, "sat_kv_write", [kv, k, v, start, tirx.IntImm("int64", layer)], 0,
-                                       nn.Tensor.placeholder(kv.shape, kv.dtype))
-
-    def kv_read(kv, layer: int, n: int):
-        """Cache rows 0..n-1 of `layer` as K, V [1, n, HKV, D]."""
-        def compute(kv):
-            return [te.compute((1, n, HKV, D), lambda b, s, h, d: kv[layer, which, h, s, d], name=name)
-                    for which, name in ((0, "k_rows"), (1, "v_rows"))]
-
-        return op.tensor_expr_op(compute, "kv_read", [kv])
-
-    def decode_attention(q, kv, pos, layer: int):
-        from ..ops.decode import decode_attention as kernel
-
-        func = kernel(H, HKV, kv.shape[3], D, 1.0 / math.sqrt(D), config.sliding_window)
-        return op.tensor_ir_op(func, "sat_decode_attention", [q, kv, pos, tirx.IntImm("int64", layer)],
-                               nn.Tensor.placeholder((1, 1, H, D), "float32"))
 
     return Decoder()
 
 
-def cache_shape(config: DecoderConfig, capacity: int) -> tuple:
-    """The KV cache tensor of a generation module: [layers, 2 (K, V), kv_heads, capacity, head_dim]."""
-    return (config.layers, 2, config.kv_heads, capacity, config.head_dim)
-
-
-def export_generation(config: DecoderConfig, chunk: int, capacity: int, chunks=None, decode: bool = True):
-    """The generation functions of `config` as one IRModule: ``prefill_c<i>(input_ids [1, chunk], kv,
-    last [1]) -> logits [1, 1, V]`` for each chunk index i in `chunks` (default: every chunk of
-    the capacity), and ``decode(token [1, 1], kv, pos [1]) -> logits``; both update the cache `kv`
-    in place (``call_tir_inplace``). Weights trail every function's inputs in the same order.
-    Returns (module, weight names)."""
-    from tvm.relax.frontend import nn
-
-    if capacity % chunk:
-        raise ValueError(f"the capacity ({capacity}) must be a multiple of the prefill chunk ({chunk})")
-    chunks = range(capacity // chunk) if chunks is None else chunks
-    model = build_decoder(config)
-    kv = nn.spec.Tensor(list(cache_shape(config, capacity)), "float32")
-    one = nn.spec.Tensor([1], "int32")
-    spec = {}
-    for c in chunks:
-        spec[f"prefill_c{c}"] = nn.spec.MethodSpec(
-            _bind(model.prefill_chunk, start=c * chunk, capacity=capacity), ["input_ids", "kv", "last"],
-            [nn.spec.Tensor([1, chunk], "int32"), kv, one], param_mode="plain",
-            effect_mode="none")
-    if decode:
-        spec["decode"] = nn.spec.MethodSpec(_bind(model.decode, capacity=capacity), ["token", "kv", "pos"],
-                                            [nn.spec.Tensor([1, 1], "int32"), kv, one], param_mode="plain",
-                                            effect_mode="none")
-    mod, named = model.export_tvm(spec=spec)
-    return mod, [name for name, _ in named]
-
-
-def _bind(method, **static):
-    def call(*args):
-        return method(*args, **static)
-
-    return call
-
-
-__all__ = ["build_decoder", "cache_shape", "causal_mask", "export_generation", "rope", "rope_tables"]
+__all__ = ["build_decoder", "causal_mask", "rope", "rope_tables"]

@@ -32,6 +32,8 @@ class GenerationSpec:
     capacity: int  # KV cache rows: prompt + generated tokens
     cache_shape: tuple
     pad_id: int = 0
+    int8_cache_shape: tuple | None = None  # the INT8 key cache of sparse decode, when compiled in
+    sparse_from: int = 0  # decode steps over at least this many keys use decode_sparse (0: never)
 
     @property
     def max_prompt(self) -> int:
@@ -39,12 +41,16 @@ class GenerationSpec:
 
     def to_json(self) -> dict:
         return {"chunk": self.chunk, "chunks": self.chunks, "capacity": self.capacity,
-                "cache_shape": list(self.cache_shape), "pad_id": self.pad_id}
+                "cache_shape": list(self.cache_shape), "pad_id": self.pad_id,
+                "int8_cache_shape": None if self.int8_cache_shape is None else list(self.int8_cache_shape),
+                "sparse_from": self.sparse_from}
 
     @classmethod
     def from_json(cls, data: dict) -> "GenerationSpec":
+        int8 = data.get("int8_cache_shape")
         return cls(int(data["chunk"]), int(data["chunks"]), int(data["capacity"]),
-                   tuple(int(x) for x in data["cache_shape"]), int(data.get("pad_id", 0)))
+                   tuple(int(x) for x in data["cache_shape"]), int(data.get("pad_id", 0)),
+                   None if int8 is None else tuple(int(x) for x in int8), int(data.get("sparse_from", 0)))
 
 
 class Session:
@@ -56,6 +62,9 @@ class Session:
         # allocated, not uploaded: every row a step reads was written before (prefill chunks in order,
         # decode writes its row first), so the initial content never matters
         self.kv = tvm.runtime.empty(spec.cache_shape, "float32", device)
+        self.caches = [self.kv]
+        if spec.int8_cache_shape is not None:  # sparse decode's INT8 keys, written with the float ones
+            self.caches.append(tvm.runtime.empty(spec.int8_cache_shape, "int8", device))
 
     def _tensor(self, array):
         return tvm.runtime.tensor(np.ascontiguousarray(array), self.device)
@@ -79,7 +88,7 @@ class Session:
         for c in range(chunks):
             last = min(n - 1 - c * spec.chunk, spec.chunk - 1)
             logits = self.vm[f"prefill_c{c}"](self._tensor(padded[c * spec.chunk:(c + 1) * spec.chunk].reshape(1, -1)),
-                                             self.kv, self._tensor(np.array([last], "int32")), *self.weights)
+                                             *self.caches, self._tensor(np.array([last], "int32")), *self.weights)
         self.length = n
         return logits.numpy().reshape(-1)
 
@@ -87,8 +96,10 @@ class Session:
         """Append `token` at the next position; the logits [V] after it."""
         if self.length >= self.spec.capacity:
             raise GenerationError(f"the KV cache is full ({self.spec.capacity} tokens): compile with a larger capacity")
-        logits = self.vm["decode"](self._tensor(np.array([[int(token)]], "int32")), self.kv,
-                                   self._tensor(np.array([self.length], "int32")), *self.weights)
+        sparse = 0 < self.spec.sparse_from <= self.length + 1  # keys this step attends over
+        logits = self.vm["decode_sparse" if sparse else "decode"](
+            self._tensor(np.array([[int(token)]], "int32")), *self.caches,
+            self._tensor(np.array([self.length], "int32")), *self.weights)
         self.length += 1
         return logits.numpy().reshape(-1)
 
