@@ -20,7 +20,8 @@ def add_parser(sub) -> None:
     p.add_argument("--tokens", type=int, default=DEFAULT_TOKENS,
                    help=f"static prefill length (default {DEFAULT_TOKENS})")
     p.add_argument("--keep", type=float, default=0.2, help="fraction of keys kept per row (default 0.2)")
-    p.add_argument("--k-min", type=int, default=16, help="minimum keys kept per row (default 16)")
+    p.add_argument("--k-min", type=int, help="minimum keys kept per row (default 16; 64 with --generate, where short "
+                                             "chat prompts at 16 keys per row can change the answer)")
     p.add_argument("--profile", metavar="FILE", help="calibration profile JSON (per-head ratios; overrides --keep; smollm2 "
                                                      "defaults to the shipped profile at --keep)")
     tuned = p.add_mutually_exclusive_group()
@@ -48,6 +49,7 @@ def run(args) -> int:
         if (args.capacity is not None or args.prompt is not None) and not args.generate:
             raise ValueError("--capacity and --prompt describe a generation build: add --generate")
         capacity = None
+        k_min = args.k_min if args.k_min is not None else (64 if args.generate else 16)
         if args.generate:
             capacity = args.capacity if args.capacity is not None else args.tokens + 64
             if capacity <= args.tokens:
@@ -59,7 +61,7 @@ def run(args) -> int:
         if tune_logs is None and not args.no_tune_logs:
             tune_logs = default_tune_logs(get_device(args.device).name)
         result = compile_to_dir(args.device, args.output, model=args.model, tokens=args.tokens, keep=args.keep,
-                                k_min=args.k_min, profile=profile, tune_logs=tune_logs, capacity=capacity,
+                                k_min=k_min, profile=profile, tune_logs=tune_logs, capacity=capacity,
                                 prompt=args.prompt,
                                 log=(lambda _msg: None) if args.quiet else print)
     except (ValueError, ProfileError, BuildDirError, ToolchainError, OSError) as err:

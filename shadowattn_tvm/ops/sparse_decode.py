@@ -9,9 +9,9 @@ index (`block.keep_count`, the prefill rule), and float attention runs over thos
     kv_quantize(k8, k, start, layer, ks)                          k8 rows start.. <- round(k / ks)
     sparse_decode_attention(q, kv, k8, pos, layer, qs, ratios) -> out [1, 1, H, D]
 
-The selection needs no index list: the k-th largest score is found by bisection over the score
-range (counting), and the attention pass takes every key above it plus the first ties in index
-order. Scales and ratios come as [layers, heads] tensors, so one kernel serves every layer.
+The selection needs no index list: the k-th largest score is found by a radix select (256-bin
+histograms of the scores, narrowed to the bin that holds it: three passes), and the attention
+pass takes every key above it plus the first ties in index order. Scales and ratios come as [layers, heads] tensors, so one kernel serves every layer.
 """
 from __future__ import annotations
 
@@ -73,7 +73,9 @@ def sparse_decode_attention(heads: int, kv_heads: int, capacity: int, head_dim: 
             part = T.alloc_buffer((LN,), "float32", scope="global")
             ipart = T.alloc_buffer((LN,), "int32", scope="global")
             ms = T.alloc_buffer((2,), "float32", scope="global")  # running max, sum
-            # 0 lo, 1 hi, 2 count, 3 keys to keep, 4 ties still to take, 5 min score, 6 max score
+            hist = T.alloc_buffer((256,), "int32", scope="global")
+            sel = T.alloc_buffer((1,), "int32", scope="global")
+            # 0 range start, 1 range width, 2 count, 3 keys to keep, 4 ties to take, 5 min score, 6 max score
             st = T.alloc_buffer((7,), "int64", scope="global")
             hk = T.Bind(h // group)
             hi = T.Bind(T.min(T.Cast("int64", POS[0]), T.int64(C - 1)))
@@ -98,21 +100,31 @@ def sparse_decode_attention(heads: int, kv_heads: int, capacity: int, head_dim: 
             # keys kept: min(n, max(k_min, ceil(ratio * kv_len))), kv_len = pos + 1 keys in the cache
             st[3] = T.min(n, T.max(T.int64(k_min), T.Cast("int64", T.ceil(
                 RATIO[layer, h] * T.Cast("float32", hi + 1) - T.float32(CEIL_EPS)))))
-            # bisection: the largest t with count(scores >= t) >= k (t = min keeps every key)
+            # radix select of the k-th largest score: 256-bin histograms over [st[0], st[0] + st[1]),
+            # narrowed to the bin holding it until one value is left (3 passes for int8 x int8 x D <= 128)
             st[0] = st[5]
-            st[1] = st[6]
-            while st[0] < st[1]:
-                st[2] = 0
+            st[1] = st[6] - st[5] + 1
+            st[4] = st[3]  # keys still to place at or below the current range
+            while st[1] > 1:
+                width = T.Bind((st[1] + 255) // 256)
+                for b in range(256):
+                    hist[b] = 0
                 for j in range(n):
-                    st[2] = st[2] + T.Cast("int64", T.Cast("int64", scores[j]) >= (st[0] + st[1] + 1) // 2)
-                if st[2] >= st[3]:
-                    st[0] = (st[0] + st[1] + 1) // 2
-                else:
-                    st[1] = (st[0] + st[1] + 1) // 2 - 1
-            st[2] = 0
-            for j in range(n):
-                st[2] = st[2] + T.Cast("int64", T.Cast("int64", scores[j]) > st[0])
-            st[4] = st[3] - st[2]  # ties at the threshold, taken in index order
+                    off = T.Bind(T.Cast("int64", scores[j]) - st[0])
+                    if off >= 0 and off < st[1]:
+                        hist[off // width] = hist[off // width] + 1
+                st[2] = 0  # keys in the bins above the one scanned
+                sel[0] = -1
+                for b in range(256):
+                    if sel[0] < 0:
+                        if st[2] + T.Cast("int64", hist[255 - b]) >= st[4]:
+                            sel[0] = T.Cast("int32", 255 - b)
+                        else:
+                            st[2] = st[2] + T.Cast("int64", hist[255 - b])
+                st[4] = st[4] - st[2]
+                st[0] = st[0] + T.Cast("int64", sel[0]) * width
+                st[1] = T.min(width, st[6] + 1 - st[0])
+            # st[0]: the threshold; st[4]: how many ties at it to take, in index order
             ms[0] = neg_inf
             for j in range(n):
                 logits[j] = neg_inf
