@@ -3,7 +3,7 @@
     gen = Generator.open("smollm2", keep=0.2)
     result = gen.generate("What is the capital of France?", chat=True, max_new_tokens=64, on_text=print)
 
-The KV cache is a static-capacity tensor of ours (`frontend.decoder.export_generation`), not
+The KV cache is a static-capacity tensor of ours (`frontend.generation.export_generation`), not
 TVM's paged `nn` KV cache: the prefill must stay the plain matmul-softmax attention the pass set
 detects and rewrites (a paged cache hides it in opaque attention kernels), and a phone's NPU
 graphs need static shapes. The module has one prefill function per prompt chunk (q_len < kv_len

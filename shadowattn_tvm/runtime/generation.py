@@ -1,6 +1,6 @@
 """Text generation over a compiled generation module, on this host or a device over RPC.
 
-The module (`frontend.decoder.export_generation`) has ``prefill_c<i>(ids [1, P], kv, last) ->
+The module (`frontend.generation.export_generation`) has ``prefill_c<i>(ids [1, P], kv, last) ->
 logits`` per prompt chunk i and ``decode(token, kv, pos) -> logits``; the KV cache is one
 static-capacity tensor the functions update in place. A `Session` owns the cache on the
 device and runs a prompt in chunks (the last one padded: pads sit after every real token, so
