@@ -29,17 +29,19 @@ from pathlib import Path
 
 import numpy as np
 
-VERSION = 1  # bump when the fixtures change meaning
+from shadowattn_tvm.testing import tiny_models  # noqa: E402 - the decoder families' configs
+
+VERSION = 2  # bump when the fixtures change meaning
 EXAMPLE_LEN = 8  # tokens of the export example
 REF_LEN = 24  # tokens of the stored reference
-VOCAB = 128
+VOCAB = len(tiny_models.TOKENS)  # the tiny byte-level BPE of tiny_models.write_tokenizer_json
 PAD_FROM = 18  # BERT: positions >= this are padding in the reference attention_mask
 
 
 @dataclass(frozen=True)
 class FixtureSpec:
     name: str
-    family: str  # llama | qwen2 | gpt2 | bert
+    family: str  # tiny_models.FAMILIES | gpt2 | bert
     exporter: str = "dynamo"  # dynamo | legacy
     description: str = ""
     attn: str = "eager"  # transformers attn_implementation
@@ -54,6 +56,9 @@ SPECS = {s.name: s for s in (
     FixtureSpec("llama-sdpa", "llama", attn="sdpa",
                 description="LlamaForCausalLM with SDPA attention (torch's decomposition: split scale, NaN guard)"),
     FixtureSpec("qwen2", "qwen2", description="Qwen2ForCausalLM, GQA 4/2 heads, RoPE, QKV bias"),
+    FixtureSpec("qwen3", "qwen3", description="Qwen3ForCausalLM, GQA 4/2 heads, RoPE, Q/K RMSNorm"),
+    FixtureSpec("mistral", "mistral", description=f"MistralForCausalLM, GQA 4/2 heads, sliding window "
+                                                  f"{tiny_models.SLIDING_WINDOW}"),
     FixtureSpec("gpt2", "gpt2", description="GPT2LMHeadModel, 4 heads, learned positions"),
     FixtureSpec("bert", "bert", description="BertModel, 4 heads, bidirectional, padding mask"),
     FixtureSpec("bert-legacy", "bert", exporter="legacy", description="BertModel via the TorchScript exporter"),
@@ -63,13 +68,11 @@ SPECS = {s.name: s for s in (
 def _config(family: str, attn: str = "eager"):
     import transformers as T
 
+    if family in tiny_models.FAMILIES:
+        config = tiny_models.hf_config(family, VOCAB)
+        config._attn_implementation = attn
+        return config
     common = dict(vocab_size=VOCAB, num_hidden_layers=2, attn_implementation=attn, initializer_range=0.1)
-    if family == "llama":
-        return T.LlamaConfig(hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
-                             max_position_embeddings=256, **common)
-    if family == "qwen2":
-        return T.Qwen2Config(hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
-                             max_position_embeddings=256, **common)
     if family == "gpt2":
         return T.GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=256,
                             bos_token_id=0, eos_token_id=0, attn_implementation=attn, initializer_range=0.1)
@@ -83,10 +86,13 @@ def _model(family: str, attn: str):
     import torch
     import transformers as T
 
-    classes = {"llama": T.LlamaForCausalLM, "qwen2": T.Qwen2ForCausalLM, "gpt2": T.GPT2LMHeadModel,
-               "bert": T.BertModel}
-    torch.manual_seed(0)
-    model = classes[family](_config(family, attn)).eval()
+    if family in tiny_models.FAMILIES:
+        model = tiny_models.hf_model(family, vocab=VOCAB)
+        model.config._attn_implementation = attn
+    else:
+        classes = {"gpt2": T.GPT2LMHeadModel, "bert": T.BertModel}
+        torch.manual_seed(0)
+        model = classes[family](_config(family, attn)).eval()
     causal_lm, encoder = _wrappers()
     return (encoder if family == "bert" else causal_lm)(model).eval()
 
@@ -168,7 +174,8 @@ def cache_key() -> str:
 
     blob = json.dumps({"version": VERSION, "torch": torch.__version__, "transformers": transformers.__version__,
                        "specs": [s.__dict__ for s in SPECS.values()], "lens": [EXAMPLE_LEN, REF_LEN],
-                       "configs": {f: _config(f).to_json_string() for f in ("llama", "qwen2", "gpt2", "bert")}},
+                       "configs": {f: _config(f).to_json_string() for f in ("llama", "qwen2", "qwen3", "mistral", "gpt2",
+                                                                           "bert")}},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

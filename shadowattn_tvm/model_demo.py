@@ -15,7 +15,7 @@ from .calibrate.profile import SHIPPED_PROFILE, SparsityProfile
 from .demo import best_ms, key_value_table
 from .evaluation.corpus import load_text
 from .evaluation.perplexity import Metrics, windows
-from .frontend.model import LlamaRunner, resolve_model
+from .frontend.model import runner_for
 from .passes import AttentionReport, lowering, pipeline
 
 
@@ -47,12 +47,13 @@ class ModelDemoResult:
 
 
 def run_model_demo(model: str = "smollm2", tokens: int = 512, keep: float = 0.2, repeat: int = 2,
-                   text: str = "austen:prideprejudice", profile: SparsityProfile | None = None) -> ModelDemoResult:
+                   text: str = "austen:prideprejudice", profile: SparsityProfile | None = None,
+                   tokenizer=None, log=print) -> ModelDemoResult:
     """Compile `model` dense and with shadowAttn, run one window of `text`, compare and time both."""
-    runner = LlamaRunner(resolve_model(model))
+    runner = runner_for(model, tokenizer)
     profile = (profile or SparsityProfile.load(SHIPPED_PROFILE)).retarget(keep)
-    profile.check_model(runner.model.fingerprint)
-    window = windows(runner.tokenizer.encode(load_text(text)).ids, tokens, 1, runner.config.bos_id)[0]
+    profile.check_model(runner.fingerprint, log)
+    window = windows(runner.tokenizer.encode(load_text(text)), tokens, 1, runner.tokenizer.bos_id)[0]
     report = AttentionReport()
     dense = runner.compile(tokens, lowering())
     sparse = runner.compile(tokens, pipeline(keep=None, profile=profile, report=report))

@@ -39,10 +39,10 @@ class AttentionReport:
     def add(self, candidate: Candidate) -> None:
         self.candidates.append(candidate)
 
-    def mark_dense(self, layer: int, reason: str) -> None:
-        """A later pass left the rewritten block `layer` dense."""
+    def mark_dense(self, layer: int, reason: str, function: str | None = None) -> None:
+        """A later pass left the rewritten block `layer` (of `function`, or of every function) dense."""
         for c in self.candidates:
-            if c.status == "rewritten" and c.layer == layer:
+            if c.status == "rewritten" and c.layer == layer and function in (None, c.function):
                 c.status, c.reason = "dense", reason
 
     def clear(self) -> None:

@@ -46,11 +46,38 @@ def test_demo_rejects_bad_arguments(argv, message):
         main(argv)
 
 
+def _falcon_gguf(path):
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), "falcon")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 4), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return str(path)
+
+
+def _unbound_onnx(path):
+    """input_ids [batch, seq, extra]: not 2-D, so --tokens binds nothing and `extra` stays open."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["input_ids"], ["logits"], to=TensorProto.FLOAT)], "m",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq", "extra"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", "extra"])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return str(path)
+
+
 def _bad_inputs(tmp):
     empty, junk = tmp / "empty.gguf", tmp / "junk.gguf"
     empty.write_bytes(b"")
     junk.write_bytes(b"not a gguf file at all" * 10)
     out = ["-o", str(tmp / "p.json")]
+    build = ["-o", str(tmp / "build"), "--device", "host"]
     return [  # (argv, the one line it must print); every case fails before any model is loaded
         (["eval", "smollm2", "--ctx", "0"], r"shadowattn eval: error: --ctx must be >= 1 \(got 0\)"),
         (["eval", "smollm2", "--ctx", "512", "-4"], r"--ctx must be >= 1 \(got -4\)"),
@@ -68,13 +95,24 @@ def _bad_inputs(tmp):
         (["calibrate", str(tmp / "missing.gguf"), *out], "missing.gguf does not exist"),
         (["calibrate", str(empty), *out], "empty.gguf is empty"),
         (["calibrate", "model.bin", *out], "shadowattn calibrate: error: unknown model 'model.bin'"),
+        (["calibrate", "default", *out], "'default' is the attention block .* not a language model"),
+        (["calibrate", _falcon_gguf(tmp / "falcon.gguf"), *out],
+         r"GGUF architecture 'falcon' is not supported; supported: llama .*qwen2.*qwen3"),
+        (["calibrate", str(junk), *out], "junk.gguf is not a readable GGUF file"),
+        (["compile", str(tmp / "missing.onnx"), *build], "missing.onnx does not exist"),
+        (["compile", "model.safetensors", *build], "unknown model 'model.safetensors': pass smollm2, a .gguf"),
+        (["compile", _unbound_onnx(tmp / "unbound.onnx"), *build, "--tokens", "8"],
+         r"dynamic dimensions .*'extra' \(input_ids axis 2\)"),
+        (["tune", str(tmp / "missing.gguf"), "--device", "host"], "missing.gguf does not exist"),
+        (["eval", _unbound_onnx(tmp / "notok.onnx"), "--profile", str(tmp / "p.json")],
+         "notok.onnx carries no tokenizer: pass --tokenizer"),
     ]
 
 
-@pytest.mark.parametrize("case", range(16))
+@pytest.mark.parametrize("case", range(24))
 def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path, capsys, case):
     cases = _bad_inputs(tmp_path)
-    assert len(cases) == 16
+    assert len(cases) == 24
     argv, message = cases[case]
     with pytest.raises(SystemExit) as info:
         main(argv)

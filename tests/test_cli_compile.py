@@ -32,11 +32,15 @@ def test_compile_for_a_phone_writes_the_adreno_opencl_kernels(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["compile", "llama-7b", "--device", "host", "-o", "X"], "unknown model 'llama-7b'; known: default"),
+    (["compile", "llama-7b", "--device", "host", "-o", "X"], "unknown model 'llama-7b': pass smollm2, a .gguf file or an .onnx file"),
     (["compile", "--device", "iphone", "-o", "X"], "unknown device 'iphone'; known: host, snapdragon-8gen2"),
     (["compile", "--device", "host", "-o", "X", "--keep", "0"], "keep"),
     (["compile", "--device", "host", "-o", "X", "--tokens", "0"], "tokens must be a positive integer"),
-    (["compile", "--device", "host", "-o", "X", "--profile", "/nonexistent/p.json"], "p.json"),
+    (["compile", "--device", "host", "-o", "X", "--profile", "/nonexistent/p.json"], "no profile file /nonexistent/p.json"),
+    (["compile", "--device", "host", "-o", "X", "--capacity", "64"], "--capacity and --prompt describe a generation build"),
+    (["compile", "--device", "host", "-o", "X", "--generate"], "'default' is an attention block: generation builds"),
+    (["compile", "--device", "host", "-o", "X", "--generate", "--tokens", "32", "--capacity", "32"],
+     "leaves no room to generate"),
 ])
 def test_compile_rejects(tmp_path, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)

@@ -82,10 +82,12 @@ def test_passes_never_import_the_runtime():
 
 
 def test_deploy_path_imports_no_compiler_module():
-    code = ("import sys, shadowattn_tvm.runtime.deploy, shadowattn_tvm.cli.deploy, shadowattn_tvm.emulators.npu_service; "
+    code = ("import sys, shadowattn_tvm.runtime.deploy, shadowattn_tvm.runtime.deploy_generation, "
+            "shadowattn_tvm.cli.deploy, shadowattn_tvm.emulators.npu_service; "
             "print('\\n'.join(m for m in sys.modules if m.startswith('shadowattn_tvm')))")
     loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
     compiler = ("passes", "ops", "tuning", "frontend", "calibrate", "evaluation", "testing", "builder.models",
-                "builder.options", "builder.build", "npu.", "targets.hexagon", "targets.adreno", "targets.cpu", "demo")
-    assert "shadowattn_tvm.runtime.deploy" in loaded
+                "builder.options", "builder.build", "builder.reference", "npu.", "targets.hexagon", "targets.adreno",
+                "targets.cpu", "demo", "generation")
+    assert {"shadowattn_tvm.runtime.deploy", "shadowattn_tvm.runtime.generation", "shadowattn_tvm.weights"} <= loaded
     assert not {m for m in loaded if any(m.startswith(f"shadowattn_tvm.{c}") for c in compiler)}

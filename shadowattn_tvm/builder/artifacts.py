@@ -27,6 +27,7 @@ from .options import BuildOptions, lower_ir
 
 CPU_MODULE = "cpu.so"
 REPORT = "report.json"
+TOKENIZER = "tokenizer"
 
 
 @dataclass
@@ -68,13 +69,24 @@ def _write_npu_plan(ctx: BuildContext) -> list:
 
 
 def _write_reference(ctx: BuildContext) -> list:
-    """reference/: seeded data inputs and the host build's output on them (deploy compares to it)."""
+    """reference/: seeded data inputs and the host build's output on them (deploy compares to it); a
+    generation build's greedy tokens from its reference prompt."""
     host = get_device("host")
     executable = ctx.executable
     if str(ctx.device.cpu) != str(host.cpu):  # the same shadowAttn-level program, lowered for this host
         ctx.log("[compile] reference: the build's program lowered for this host")
         executable = lower_ir(ctx.ir, host.cpu, ctx.options)
+    if ctx.model.generation is not None:
+        return reference.write_generation(ctx.out, ctx.model, executable)
     return reference.write(ctx.out, ctx.model, executable)
+
+
+def _write_tokenizer(ctx: BuildContext) -> list:
+    """tokenizer/: a generation build's tokenizer, so deploy can encode prompts without the model file."""
+    if ctx.model.generation is None or ctx.model.tokenizer is None:
+        return []
+    folder = ctx.model.tokenizer.save(ctx.out / TOKENIZER).parent
+    return [Artifact(p.relative_to(ctx.out).as_posix(), "tokenizer") for p in sorted(folder.iterdir())]
 
 
 def _write_adreno_kernels(ctx: BuildContext) -> list:
@@ -111,5 +123,6 @@ DEFAULT_WRITERS: tuple = (
     ArtifactWriter("npu-library", "hexagon", _write_npu_library),
     ArtifactWriter("npu-plan", "hexagon", _write_npu_plan),
     ArtifactWriter("adreno-opencl", "adreno", _write_adreno_kernels),
+    ArtifactWriter("tokenizer", None, _write_tokenizer),
     ArtifactWriter("reference", None, _write_reference),
 )

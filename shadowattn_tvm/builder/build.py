@@ -21,6 +21,7 @@ from ..targets import get as get_device
 from . import manifest
 from .artifacts import DEFAULT_WRITERS, BuildContext
 from . import npu as npu_lane
+from . import reference
 from .directory import staging
 from .models import DEFAULT_TOKENS, ModelBuild, get_model
 from .options import BuildOptions, shadowattn_ir
@@ -63,11 +64,15 @@ class BuildResult:
 def compile_to_dir(device: str | DeviceProfile, out_dir: str | Path, *, model: "str | ModelBuild" = "default",
                    tokens: int = DEFAULT_TOKENS, keep: float | None = 0.2, k_min: int = 16,
                    profile: SparsityProfile | None = None,
-                   writers: tuple = DEFAULT_WRITERS, tune_logs: str | Path | None = None, log=print) -> BuildResult:
+                   writers: tuple = DEFAULT_WRITERS, tune_logs: str | Path | None = None,
+                   capacity: int | None = None, prompt: str | None = None, log=print) -> BuildResult:
     """Compile `model` at `tokens` for `device` (a profile name, file or `DeviceProfile`) into `out_dir`.
 
-    model: a registered name (`models.MODELS`) or a `models.ModelBuild` (e.g. `models.llama_build`),
-    exported at `tokens`.
+    model: `default`, `smollm2`, a .gguf or .onnx path (`models.get_model`, exported at `tokens`), or
+    a `models.ModelBuild` (e.g. `models.source_build` of any `frontend.ModelSource`).
+
+    capacity: a generation build (smollm2 or a .gguf): prefill of `tokens` into a KV cache of
+    `capacity` rows and a decode step (`models.source_build`); `prompt` is its reference prompt.
 
     keep/k_min/profile are the shadowAttn pipeline's (`sat.pipeline`); the result's ``report`` lists
     the attention candidates (read from the compiled IR). `tune_logs`: a MetaSchedule database
@@ -79,7 +84,7 @@ def compile_to_dir(device: str | DeviceProfile, out_dir: str | Path, *, model: "
 
     start = time.perf_counter()
     device = get_device(device)
-    built = model if isinstance(model, ModelBuild) else get_model(model, tokens)
+    built = model if isinstance(model, ModelBuild) else get_model(model, tokens, capacity=capacity, prompt=prompt)
     options = BuildOptions(keep=keep if profile is None else None, k_min=k_min, profile=profile,
                            tune_logs=None if tune_logs is None else str(tune_logs))
     out_dir = Path(out_dir).expanduser().absolute()
@@ -87,7 +92,7 @@ def compile_to_dir(device: str | DeviceProfile, out_dir: str | Path, *, model: "
         npu = npu_lane.npu_options(built, options, tokens) if device.npu is not None else None
         ctx = BuildContext(device=device, model=built, options=options, out=tmp, log=log, npu=npu,
                            ir=shadowattn_ir(built.mod, device.cpu, options, npu))
-        artifacts = []
+        artifacts = reference.write_derived(tmp, built)
         for writer in writers:
             if writer.applies(device):
                 artifacts += writer.write(ctx)
@@ -97,9 +102,12 @@ def compile_to_dir(device: str | DeviceProfile, out_dir: str | Path, *, model: "
             "versions": {"shadowattn_tvm": __version__, "tvm": tvm.__version__},
             "device": device.to_json(),
             "model": {"name": built.name, "tokens": tokens, "description": built.description,
-                      "config": built.config},
+                      "config": built.config,
+                      **({"weights": built.weight_map.to_json()} if built.weight_map is not None else {})},
             "pipeline": options.to_json(),
-            "entry": "main",
+            "entry": built.entry,
+            **({"generation": {**built.generation.to_json(), "reference_prompt": list(built.reference_prompt)}}
+               if built.generation is not None else {}),
             "inputs": [t.to_json() for t in built.inputs],
             "outputs": [t.to_json() for t in built.outputs],
             "report": {"summary": report.summary(), "rewritten": len(report.rewritten), "dense": len(report.dense)},

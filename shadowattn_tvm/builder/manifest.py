@@ -12,6 +12,8 @@ from pathlib import Path
 
 FORMAT = 1
 FILENAME = "manifest.json"
+#: weights of the model that are in no model file (an ONNX import's folded tables), kept in the build
+DERIVED_WEIGHTS = "weights/derived.npz"
 
 
 @dataclass(frozen=True)

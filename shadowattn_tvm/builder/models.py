@@ -1,9 +1,11 @@
-"""Models `shadowattn compile` knows by name; each builds a static-length Relax module.
+"""What `shadowattn compile`, `tune` and `deploy` build: a static-length Relax module and its inputs.
 
+MODEL is
 * ``default``: the Qwen2-0.5B-shaped attention block of `shadowattn demo block`;
-* ``smollm2``: SmolLM2-135M-Instruct (`shadowattn demo`), `main(input_ids[1, tokens], *weights)`
-  -> logits; its weights are inputs of `main` (not baked into the library), loaded from the GGUF
-  by `ModelBuild.weights` when a deploy needs them.
+* ``smollm2``, a ``.gguf`` or an ``.onnx`` file (`frontend.open_model`):
+  ``main(input_ids[1, tokens], *weights) -> logits``; the weights are inputs of ``main`` (not baked
+  into the library), read from the model file through its `weights.WeightMap` when a run needs
+  them; the manifest records the file's path and sha256 so deploy can find and check it.
 """
 from __future__ import annotations
 
@@ -31,6 +33,12 @@ class ModelBuild:
     config: dict = field(default_factory=dict, compare=False)  # JSON-able, recorded in the manifest
     weights: Callable[[], dict] | None = field(default=None, compare=False)  # input name -> array (real weights)
     npu_stats: Callable[[], Any] | None = field(default=None, compare=False)  # ScaleStats from sample activations
+    weight_map: Any = field(default=None, compare=False)  # weights.WeightMap: where deploy reads the weights
+    derived: dict = field(default_factory=dict, compare=False)  # weights in no file: stored in the build
+    entry: str = "main"  # the function deploy runs and verifies ("prefill_c0" in a generation build)
+    generation: Any = field(default=None, compare=False)  # runtime.generation.GenerationSpec: prefill + decode
+    tokenizer: Any = field(default=None, compare=False)  # the model's TextTokenizer (a generation build keeps it)
+    reference_prompt: tuple = ()  # token ids the build's reference generation starts from
 
 
 def _tensor(var_name: str, ty) -> TensorSpec:
@@ -43,11 +51,15 @@ def _tensor(var_name: str, ty) -> TensorSpec:
     return TensorSpec(var_name, tuple(shape), str(ty.dtype))
 
 
-def signature(mod) -> tuple[tuple, tuple]:
-    """(inputs, outputs) of `mod["main"]` as TensorSpecs (single-tensor outputs only)."""
-    main = mod["main"]
-    inputs = tuple(_tensor(p.name, p.ty) for p in main.params)
-    return inputs, (_tensor("output", main.ret_ty),)
+def signature(mod, entry: str = "main") -> tuple[tuple, tuple]:
+    """(inputs, outputs) of `mod[entry]` as TensorSpecs (the outputs of a tuple in order)."""
+    func = mod[entry]
+    inputs = tuple(_tensor(p.name, p.ty) for p in func.params)
+    ret = func.ret_ty
+    fields = getattr(ret, "fields", None)
+    outputs = tuple(_tensor(f"output{i}", t) for i, t in enumerate(fields)) if fields is not None else (
+        _tensor("output", ret),)
+    return inputs, outputs
 
 
 def _default(tokens: int) -> ModelBuild:
@@ -68,46 +80,86 @@ def _default_stats(spec):
     return calibration_stats(spec)
 
 
-def llama_build(runner, tokens: int, name: str, bind_weights: bool = False) -> ModelBuild:
-    """A `frontend.model.LlamaRunner`'s model as a build: `main(input_ids[1, tokens], *weights)`
-    -> logits, weights as inputs loaded from the GGUF at deploy; with `bind_weights` they are
-    constants of the module instead (small models: the library carries them, deploy needs no file)."""
-    mod, names = runner.export(tokens)
-    entry = mod["forward"]
+def source_build(source, tokens: int, bind_weights: bool = False, capacity: int | None = None,
+                 prompt: str | None = None) -> ModelBuild:
+    """A `frontend.ModelSource` as a build: `main(input_ids[1, tokens], *weights)` -> logits, weights
+    as inputs read from the model file at deploy; with `bind_weights` they are constants of the
+    module instead (small models: the library carries them, deploy needs no file).
+
+    With `capacity` (a generation build, GGUF decoders): ``prefill_c0(input_ids[1, tokens], kv,
+    last)`` and ``decode(token, kv, pos)`` over a KV cache of `capacity` rows instead of ``main``,
+    the tokenizer, and a reference prompt (`prompt`, cut to `tokens`) for deploy to verify."""
+    if capacity is not None:
+        return _generation_build(source, tokens, capacity, prompt)
+    exported = source.export(tokens)
+    mod = exported.mod
     if bind_weights:
-        weights = runner.weights()
-        entry = relax.transform.BindParams("forward", {n: tvm.runtime.tensor(weights[n]) for n in names})(
-            tvm.IRModule({"forward": entry}))["forward"]
-    mod = tvm.IRModule({gv: f for gv, f in mod.functions.items() if gv.name_hint != "forward"}, attrs=mod.attrs)
-    mod["main"] = entry.with_attr("global_symbol", "main")
+        weights = exported.weights()
+        bound = relax.transform.BindParams("main", {n: tvm.runtime.tensor(weights[n]) for n in exported.weight_names})(
+            tvm.IRModule({"main": mod["main"]}))["main"]
+        mod = tvm.IRModule({**{gv: f for gv, f in mod.functions.items() if gv.name_hint != "main"}}, attrs=mod.attrs)
+        mod["main"] = bound
     inputs, outputs = signature(mod)
-    cfg = runner.config
+    file = {} if source.path is None else {"file": str(source.path.absolute()), "sha256": exported.weight_map.sha256
+                                           if exported.weight_map is not None else None}
+
     return ModelBuild(
-        name=name, mod=mod, inputs=inputs, outputs=outputs,
-        description=f"{name} ({cfg.layers} layers, {cfg.heads} q heads, {cfg.kv_heads} kv heads), {tokens}-token "
-                    f"prefill; weights are {'constants' if bind_weights else 'inputs'}",
-        config={"gguf": runner.model.fingerprint}, weights=None if bind_weights else runner.weights,
+        name=source.name, mod=mod, inputs=inputs, outputs=outputs,
+        description=f"{source.describe()}, {tokens}-token prefill; weights are {'constants' if bind_weights else 'inputs'}",
+        config={"fingerprint": source.fingerprint, **file}, weights=None if bind_weights else exported.weights,
+        npu_stats=lambda: _sample_stats(source, tokens), weight_map=None if bind_weights else exported.weight_map,
+        derived={} if bind_weights else dict(exported.derived),
     )
 
 
-def _smollm2(tokens: int) -> ModelBuild:
-    from ..frontend.model import LlamaRunner, resolve_model
-
-    return llama_build(LlamaRunner(resolve_model("smollm2")), tokens, "smollm2")
+REFERENCE_PROMPT = "The capital of France is"
 
 
-MODELS: dict[str, Callable[[int], ModelBuild]] = {"default": _default, "smollm2": _smollm2}
+def _generation_build(source, tokens: int, capacity: int, prompt: str | None) -> ModelBuild:
+    from ..generation import generation_ir, generation_spec, prompt_ids, decoder_source
+
+    source = decoder_source(source)
+    spec = generation_spec(source, tokens, capacity, 1)
+    mod, names = generation_ir(source, spec)
+    ids = prompt_ids(source.tokenizer, prompt or REFERENCE_PROMPT)[:tokens]
+    inputs, outputs = signature(mod, "prefill_c0")
+    weight_map = source.weight_map
+    return ModelBuild(
+        name=source.name, mod=mod, inputs=inputs, outputs=outputs,
+        description=f"{source.describe()}: generation, {tokens}-token prefill into a {capacity}-row KV cache, "
+                    "then decode; weights are inputs",
+        config={"fingerprint": source.fingerprint, "file": str(source.path.absolute()), "sha256": weight_map.sha256},
+        weights=lambda: {n: source.weights()[n] for n in names}, weight_map=weight_map,
+        npu_stats=lambda: _sample_stats(source, tokens), entry="prefill_c0", generation=spec,
+        tokenizer=source.tokenizer, reference_prompt=tuple(ids))
+
+
+def _sample_stats(source, tokens: int):
+    from ..calibrate.calibrate import sample_scale_stats
+    from ..frontend.model import ModelRunner
+
+    return sample_scale_stats(ModelRunner(source), tokens)
+
+
+#: the names MODEL may take besides a .gguf or .onnx path
+MODELS = ("default", "smollm2")
 DEFAULT_TOKENS = DEFAULT_SPEC.q_len
 
 
-def get_model(name: str, tokens: int = DEFAULT_TOKENS) -> ModelBuild:
-    """The model `name` at `tokens` prefill length; ValueError naming the known models otherwise."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))} "
-                         f"(other models arrive with the model frontend)")
-    if not isinstance(tokens, int) or tokens < 1:
+def get_model(name: str, tokens: int = DEFAULT_TOKENS, tokenizer=None, capacity: int | None = None,
+              prompt: str | None = None) -> ModelBuild:
+    """MODEL (`default`, `smollm2`, a .gguf or .onnx path) at `tokens` prefill length (a generation
+    build with a KV cache of `capacity` rows when given); ValueError (`frontend.ModelError`)
+    naming the choices otherwise."""
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
         raise ValueError(f"tokens must be a positive integer, got {tokens!r}")
-    return MODELS[name](tokens)
+    if str(name) == "default":
+        if capacity is not None:
+            raise ValueError("'default' is an attention block: generation builds need smollm2 or a .gguf model")
+        return _default(tokens)
+    from ..frontend.source import open_model
+
+    return source_build(open_model(name, tokenizer), tokens, capacity=capacity, prompt=prompt)
 
 
 def make_inputs(inputs, seed: int = 0) -> list[np.ndarray]:
@@ -132,4 +184,4 @@ def model_inputs(built: ModelBuild, seed: int = 0, weights: dict | None = None) 
     return [weights[s.name] if s.name in weights else next(data) for s in built.inputs]
 
 
-__all__ = ["MODELS", "DEFAULT_TOKENS", "ModelBuild", "llama_build", "TensorSpec", "get_model", "make_inputs", "model_inputs", "signature"]
+__all__ = ["MODELS", "DEFAULT_TOKENS", "ModelBuild", "source_build", "TensorSpec", "get_model", "make_inputs", "model_inputs", "signature"]

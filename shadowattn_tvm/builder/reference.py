@@ -4,6 +4,8 @@
     reference/output.npy     the host build's output on them (with the model's real weights)
     reference/reference.json seed, entry, which inputs are weights (loaded from the model file at
                              deploy, not copied: they are the model's size)
+    weights/derived.npz      weights that are in no model file (tables an ONNX import folded at
+                             the build's length), when there are any
 
 The host build is the same model with the same pipeline options (NPU phases included, whose
 graphs run as host twins on the host's serial NPU lane), so a device run must match it.
@@ -14,11 +16,20 @@ import json
 
 import numpy as np
 
-from .manifest import Artifact
+from .manifest import DERIVED_WEIGHTS as DERIVED, Artifact
 from .models import model_inputs
 
 DIRECTORY = "reference"
 SEED = 0
+
+
+def write_derived(out, model) -> list:
+    """weights/derived.npz: the weights deploy cannot read from the model file."""
+    if not model.derived:
+        return []
+    (out / DERIVED).parent.mkdir()
+    np.savez(out / DERIVED, **model.derived)
+    return [Artifact(DERIVED, "weights-derived")]
 
 
 def write(out, model, executable, seed: int = SEED) -> list:
@@ -42,4 +53,37 @@ def write(out, model, executable, seed: int = SEED) -> list:
             (("inputs.npz", "reference-inputs"), ("output.npy", "reference-output"), ("reference.json", "reference"))]
 
 
-__all__ = ["write", "DIRECTORY", "SEED"]
+GENERATE = "generate.json"
+GENERATED_TOKENS = 8
+
+
+def write_generation(out, model, executable, steps: int = GENERATED_TOKENS) -> list:
+    """reference/generate.json (the reference prompt's greedy tokens) and prefill_logits.npy (the
+    prefill's last-row logits), from this host's run of the build's program."""
+    from .._compat import relax, tvm
+    from ..runtime import lanes  # noqa: F401 - registers the NPU lane functions an NPU build calls
+    from ..runtime.generation import Session
+
+    weights = model.weights()
+    names = [s.name for s in model.inputs[3:]]  # prefill_c0(input_ids, kv, last, *weights)
+    session = Session(relax.VirtualMachine(executable, tvm.cpu()), tvm.cpu(),
+                      [tvm.runtime.tensor(weights[n]) for n in names], model.generation)
+    ids = list(model.reference_prompt)
+    logits = session.prefill(ids)
+    tokens = []
+    step = logits
+    for _ in range(steps):  # greedy, through EOS too: deploy compares every step
+        tokens.append(int(np.argmax(step)))
+        step = session.decode(tokens[-1])
+    folder = out / DIRECTORY
+    folder.mkdir()
+    np.save(folder / "prefill_logits.npy", logits)
+    (folder / GENERATE).write_text(json.dumps({
+        "prompt_ids": ids, "tokens": tokens, "weights": names,
+        "made_by": "the same program compiled for this host (llvm): greedy decoding from the reference prompt",
+    }, indent=1) + "\n")
+    return [Artifact(f"{DIRECTORY}/{GENERATE}", "reference-generation"),
+            Artifact(f"{DIRECTORY}/prefill_logits.npy", "reference-output")]
+
+
+__all__ = ["write", "write_derived", "write_generation", "DERIVED", "DIRECTORY", "GENERATE", "SEED"]

@@ -120,11 +120,18 @@ class SparsityProfile:
             layers = [replace(l, ratios=tuple(r)) for l, r in zip(self.layers, ratios)]
         return SparsityProfile(keep=keep, layers=tuple(layers), model=self.model)
 
-    def check_model(self, fingerprint: str) -> None:
-        """Refuse to apply a profile calibrated on another model."""
-        if self.model and fingerprint and self.model != fingerprint:
-            raise ProfileError(f"this profile was calibrated for model {self.model}, not {fingerprint}: "
-                               "calibrate one for this model with `shadowattn calibrate`")
+    def check_model(self, fingerprint: str, warn=None) -> bool:
+        """Whether the profile was calibrated on this model file (True when either side is unknown).
+
+        A profile made on another file is still applied: the same model exported to another format
+        (GGUF vs ONNX) has another fingerprint, and a profile for a different model is refused by
+        its layer and head counts when the passes apply it. `warn(line)` is told about a mismatch.
+        """
+        same = not (self.model and fingerprint and self.model != fingerprint)
+        if not same and warn is not None:
+            warn(f"warning: the profile was calibrated on model file {self.model}, not this one ({fingerprint}); "
+                 "applying it (its layer and head counts are checked against the model)")
+        return same
 
     def check_layer_count(self, count: int) -> None:
         """A calibrated profile must cover exactly the model's `count` numbered attention layers."""
@@ -188,6 +195,8 @@ class SparsityProfile:
     def load(cls, path) -> "SparsityProfile":
         try:
             data = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ProfileError(f"no profile file {path}: make one with `shadowattn calibrate MODEL -o {path}`") from None
         except json.JSONDecodeError as err:
             raise ProfileError(f"{path} is not valid JSON ({err}): re-create it with `shadowattn calibrate`") from err
         return cls.from_json(data)

@@ -20,13 +20,3 @@ def writable_file(name: str, path: str | None) -> None:
         raise SystemExit(f"{name} {path} is a directory: pass a file path")
     if not parent.is_dir():
         raise SystemExit(f"{name} {path}: directory {parent} does not exist: create it or pass another path")
-
-
-def readable_model(path: str) -> None:
-    """A model given as a file must exist and be non-empty (names like 'smollm2' pass through)."""
-    if path.endswith((".gguf", ".onnx")):
-        p = Path(path).expanduser()
-        if not p.is_file():
-            raise SystemExit(f"model file {path} does not exist: pass the path of a .gguf or .onnx file, or 'smollm2'")
-        if p.stat().st_size == 0:
-            raise SystemExit(f"model file {path} is empty: download or export it again")

@@ -1,6 +1,8 @@
 """`shadowattn demo [smollm2|block]`: the embedded default, end to end, on this machine."""
 from __future__ import annotations
 
+import sys
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="compile, verify and time the embedded default model (SmolLM2-135M)",
@@ -9,11 +11,12 @@ def add_parser(sub) -> None:
                                    "Pride and Prejudice, and compare perplexity, next-token distributions and host "
                                    "latency. 'block' instead compiles one Qwen2-0.5B-shaped attention block and checks "
                                    "it against numpy (and can run the two-lane NPU/CPU pipeline with --trace).")
-    p.add_argument("model", nargs="?", default="smollm2", help="'smollm2' (default), a Llama-family .gguf file "
-                                                                "(with --profile), or 'block'")
+    p.add_argument("model", nargs="?", default="smollm2", help="'smollm2' (default), a .gguf file or an .onnx "
+                                                                "export (with --profile), or 'block'")
+    p.add_argument("--tokenizer", metavar="FILE", help="tokenizer.json (or a .gguf) for an .onnx model")
     p.add_argument("--tokens", type=int, help="prefill length (default 512 for a model, 1024 for block)")
     p.add_argument("--keep", type=float, default=0.2, help="global keep ratio (default 0.2)")
-    p.add_argument("--profile", help="calibrated profile JSON for a .gguf model (default: the shipped SmolLM2 one)")
+    p.add_argument("--profile", help="calibrated profile JSON for a model file (default: the shipped SmolLM2 one)")
     p.add_argument("--k-min", type=int, default=16, help="block: minimum keys kept per row (default 16)")
     p.add_argument("--repeat", type=int, default=2, help="timing repetitions, best of (default 2)")
     p.add_argument("--report", metavar="FILE", help="also write the detection report as JSON")
@@ -46,10 +49,11 @@ def run(args) -> int:
         from ..calibrate.profile import SparsityProfile
         from ..model_demo import run_model_demo
 
-        if args.profile is None and args.model not in ("smollm2", "default"):
+        if args.profile is None and args.model != "smollm2":
             raise SystemExit("--profile is required for models other than smollm2: run `shadowattn calibrate` first")
         profile = SparsityProfile.load(args.profile) if args.profile else None
-        result = run_model_demo(args.model, tokens=tokens, keep=args.keep, repeat=args.repeat, profile=profile)
+        result = run_model_demo(args.model, tokens=tokens, keep=args.keep, repeat=args.repeat, profile=profile,
+                                tokenizer=args.tokenizer, log=lambda line: print(line, file=sys.stderr))
     print(result.report.table())
     print()
     print(result.table())

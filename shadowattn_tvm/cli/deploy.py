@@ -31,6 +31,13 @@ def add_parser(sub) -> None:
     p.add_argument("--trace", metavar="FILE", help="Chrome trace of an NPU build's run (default DIR/trace-<server>.json)")
     p.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance vs the reference output (default 1e-4)")
     p.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance vs the reference output (default 1e-4)")
+    p.add_argument("--model", metavar="FILE", help="the model file the build's weights come from, if it moved since "
+                                                   "the build (its sha256 is checked)")
+    p.add_argument("--generate", action="store_true", help="a generation build: after the verified reference "
+                                                          "run, generate from --prompt and stream it")
+    p.add_argument("--prompt", help="--generate: the prompt (encoded with the build's tokenizer)")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="--generate: tokens to generate at most (default 32)")
+    p.add_argument("--chat", action="store_true", help="--generate: apply the model's chat template")
     p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
     p.set_defaults(run=run)
 
@@ -50,6 +57,24 @@ def _endpoint(args, manifest):
     return Endpoint(host, port, args.rpc_key or manifest.rpc_key)
 
 
+def _request(args):
+    if not args.generate:
+        if args.prompt is not None:
+            raise SystemExit("shadowattn deploy: error: --prompt goes with --generate")
+        return None
+    if not args.prompt:
+        raise SystemExit("shadowattn deploy: error: --generate needs --prompt TEXT")
+    if args.max_new_tokens < 1:
+        raise SystemExit("shadowattn deploy: error: --max-new-tokens must be >= 1")
+    from ..runtime.deploy_generation import Request
+
+    def show(piece):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    return Request(args.prompt, args.max_new_tokens, args.chat, on_text=show)
+
+
 def run(args) -> int:
     from ..builder.manifest import ManifestError
     from ..builder.manifest import load as load_manifest
@@ -61,7 +86,8 @@ def run(args) -> int:
     try:
         endpoint = _endpoint(args, load_manifest(args.build))
         result = deploy(args.build, endpoint, number=args.number, repeat=args.repeat, wait=args.wait,
-                        tolerance=Tolerance(atol=args.atol, rtol=args.rtol), trace=args.trace)
+                        tolerance=Tolerance(atol=args.atol, rtol=args.rtol), trace=args.trace,
+                        model_file=args.model, generate=_request(args))
     except (ManifestError, ValueError) as err:
         raise SystemExit(f"shadowattn deploy: error: {err}") from None
     except RPCUnavailable as err:
@@ -70,6 +96,8 @@ def run(args) -> int:
     except DeployError as err:
         print(f"shadowattn deploy: error: {err}", file=sys.stderr)
         return EXIT_FAILED
+    if args.generate:
+        print()
     print(result.table())
     if args.json:
         with open(args.json, "w") as f:

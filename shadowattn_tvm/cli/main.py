@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from . import compile as compile_command
-from . import calibrate, demo, deploy, emulated_phone, tune
+from . import calibrate, demo, deploy, emulated_phone, generate, tune
 from . import eval as eval_command
 
 
@@ -13,7 +13,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shadowattn", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (demo, calibrate, compile_command, deploy, emulated_phone, eval_command, tune):
+    for module in (demo, calibrate, compile_command, deploy, emulated_phone, eval_command, generate, tune):
         module.add_parser(sub)
     return parser
 

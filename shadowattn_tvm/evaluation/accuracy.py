@@ -28,9 +28,11 @@ class Row:
 
 
 def accuracy_table(runner, text: str, profile: SparsityProfile, ctx: int = 512, num_windows: int = 3,
-                   keep: float = 0.2, k_min: int = 16, progress: bool = True) -> list:
-    profile.check_model(runner.model.fingerprint)
-    wins = windows(runner.tokenizer.encode(text).ids, ctx, num_windows, runner.config.bos_id)
+                   keep: float = 0.2, k_min: int = 16, progress: bool = True, log=None) -> list:
+    """The rows on `num_windows` windows of `ctx` tokens of `text`; `runner` is a
+    `frontend.ModelRunner` of any model (INT8 and block-sparse rows need the profile's scales)."""
+    profile.check_model(runner.fingerprint, log)
+    wins = windows(runner.tokenizer.encode(text), ctx, num_windows, runner.tokenizer.bos_id)
     hook = AttentionHook()
     hooked = runner.compile(ctx, hook_pipeline(hook))
     blocks = hook.blocks

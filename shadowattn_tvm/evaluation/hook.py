@@ -1,8 +1,8 @@
 """AttentionHook: route every attention composite to a Python callback (accuracy experiments).
 
-The compiled model then calls ``shadowattn.attention_hook(q, k, v, layer)`` per block, with
-canonical BHSD tensors at the KV head count, and the active `AttentionVariant` computes the
-block in numpy: dense (optionally with heads zeroed, for calibration), INT8 attention as an NPU
+The compiled model then calls ``shadowattn.attention_hook(q, k, v[, mask], layer)`` per block,
+with canonical BHSD tensors at the KV head count and the block's additive mask when it has one
+(sliding windows, padding), and the active `AttentionVariant` computes the block in numpy: dense (optionally with heads zeroed, for calibration), INT8 attention as an NPU
 graph runs it, or block-sparse estimation. One compiled model serves every experiment; the
 shadowAttn rows of the accuracy table use the real compiled kernels, not this hook.
 """
@@ -19,7 +19,7 @@ HOOK_NAME = "shadowattn.attention_hook"
 
 @tvm.transform.module_pass(opt_level=0, name="AttentionHook")
 class AttentionHook:
-    """Replace calls of attention composites by a packed call to `HOOK_NAME` (no mask support).
+    """Replace calls of attention composites by a packed call to `HOOK_NAME`.
 
     `blocks` maps layer index -> `AttentionBlock` of the last module transformed.
     """
@@ -42,10 +42,8 @@ class AttentionHook:
                 if not (isinstance(call.op, relax.GlobalVar) and call.op in composites):
                     return call
                 block = AttentionBlock.from_attrs(composites[call.op].attrs)
-                if block.has_mask:
-                    raise ValueError("AttentionHook supports causal/unmasked blocks only")
-                return relax.op.call_pure_packed(HOOK_NAME, *call.args[:3], relax.prim_value(block.layer),
-                                                 ty_args=call.ty)
+                tensors = call.args[:4] if block.has_mask else call.args[:3]
+                return relax.op.call_pure_packed(HOOK_NAME, *tensors, relax.prim_value(block.layer), ty_args=call.ty)
 
         mutator = _Mutator(mod)
         for gv, func in mod.functions.items():
@@ -57,13 +55,15 @@ class AttentionHook:
 _ACTIVE: list = []  # the variant of the innermost HookContext
 
 
-def _trampoline(q, k, v, layer):
+def _trampoline(q, k, v, *rest):
     # The VM resolves packed functions once, at initialisation: this stable function dispatches
-    # to whatever variant is active at call time.
+    # to whatever variant is active at call time. rest: (mask, layer) or (layer,)
     if not _ACTIVE:
         raise RuntimeError("the attention hook was called outside a HookContext")
-    out = _ACTIVE[-1](int(layer), q.numpy(), k.numpy(), v.numpy())
-    return tvm.runtime.tensor(np.ascontiguousarray(out.astype(q.numpy().dtype)))
+    mask = rest[0].numpy() if len(rest) == 2 else None
+    dtype = q.dtype
+    out = _ACTIVE[-1](int(rest[-1]), q.numpy(), k.numpy(), v.numpy(), mask)
+    return tvm.runtime.tensor(np.ascontiguousarray(out.astype(dtype)))
 
 
 tvm.register_global_func(HOOK_NAME, _trampoline, override=True)

@@ -6,13 +6,15 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def windows(ids, ctx: int, count: int, bos: int) -> list:
-    """`count` consecutive windows of `ctx` tokens: BOS, then ctx-1 text tokens each."""
-    step = ctx - 1
-    if len(ids) < count * step:
-        raise ValueError(f"text has {len(ids)} tokens, {count} windows of {ctx} need {count * step}: "
+def windows(ids, ctx: int, count: int, bos: int | None) -> list:
+    """`count` consecutive windows of `ctx` tokens: BOS, then ctx-1 text tokens each (ctx text
+    tokens when the model has no BOS)."""
+    head = [] if bos is None else [bos]
+    step = ctx - len(head)
+    if step < 2 or len(ids) < count * step:
+        raise ValueError(f"text has {len(ids)} tokens, {count} windows of {ctx} need {count * max(step, 2)}: "
                          "use fewer windows, a shorter context or a longer text")
-    return [np.asarray([bos] + list(ids[w * step:(w + 1) * step]), "int32") for w in range(count)]
+    return [np.asarray(head + list(ids[w * step:(w + 1) * step]), "int32") for w in range(count)]
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:

@@ -1,7 +1,10 @@
-"""Model front ends: ONNX (TVM importer + specialisation), Llama-family GGUF (our nn.Module), SmolLM2."""
-from .gguf_loader import GGUFModel, LlamaConfig, load_gguf
+"""Model sources behind one protocol (`source.open_model`): the embedded SmolLM2, GGUF decoders of
+the `architectures` table (our `decoder` nn.Module), ONNX exports (`from_onnx`), any Relax module."""
 from .onnx import from_onnx
+from .model import ModelRunner, runner_for
 from .smollm2 import smollm2_gguf
-from .tokenizer import gguf_tokenizer
+from .source import GGUFSource, ModelError, ModelSource, ONNXSource, RelaxSource, open_model
+from ..tokenizer import TextTokenizer
 
-__all__ = ["from_onnx", "GGUFModel", "LlamaConfig", "load_gguf", "smollm2_gguf", "gguf_tokenizer"]
+__all__ = ["from_onnx", "GGUFSource", "ModelError", "ModelRunner", "ModelSource", "ONNXSource", "RelaxSource",
+           "TextTokenizer", "open_model", "runner_for", "smollm2_gguf"]

@@ -1,4 +1,11 @@
-"""`LlamaRunner`: a GGUF Llama compiled by TVM for one sequence length, run from numpy token ids."""
+"""`ModelRunner`: a `ModelSource` compiled by TVM for one prefill length, run from token ids.
+
+    runner = ModelRunner(open_model("model.onnx", tokenizer="tokenizer.json"))
+    forward = runner.compile(512, sat.pipeline(keep=0.2))
+    logits = forward(ids)          # [512, vocab] float32
+
+Used by evaluation, calibration and the demo; the builder exports through the same source.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -6,69 +13,64 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._compat import relax, tvm
-from .gguf_loader import GGUFModel, load_gguf
-from .llama import build_llama, gguf_params
-from .smollm2 import smollm2_gguf
-from .tokenizer import gguf_tokenizer
-
-MAX_LEN = 8192
-
-
-def resolve_model(name_or_path) -> GGUFModel:
-    """`smollm2` (the embedded default) or a path to a Llama-family GGUF file."""
-    if str(name_or_path) in ("smollm2", "default"):
-        return load_gguf(smollm2_gguf())
-    if str(name_or_path).endswith(".gguf"):
-        return load_gguf(name_or_path)
-    raise ValueError(f"unknown model {name_or_path!r}: pass 'smollm2' or a path to a .gguf file "
-                     "(ONNX files go through shadowattn_tvm.frontend.from_onnx)")
+from .source import ModelSource, open_model
 
 
 @dataclass
-class LlamaRunner:
-    model: GGUFModel
-    _params: dict = field(default=None, repr=False)
-    _tokenizer: object = field(default=None, repr=False)
+class ModelRunner:
+    source: ModelSource
+    _weights: dict = field(default_factory=dict, repr=False)  # (name, shape) -> device tensor, shared by lengths
 
     @property
-    def config(self):
-        return self.model.config
+    def name(self) -> str:
+        return self.source.name
 
     @property
     def tokenizer(self):
-        if self._tokenizer is None:
-            self._tokenizer = gguf_tokenizer(self.model.tokens, self.model.merges)
-        return self._tokenizer
+        return self.source.tokenizer
 
-    def export(self, seq_len: int):
-        """(IRModule with `forward(input_ids[1, seq_len]) -> logits`, parameter names in order)."""
-        from tvm.relax.frontend import nn
-
-        if seq_len > MAX_LEN:
-            raise ValueError(f"seq_len {seq_len} exceeds the RoPE table ({MAX_LEN})")
-        module = build_llama(self.config, MAX_LEN)
-        mod, named = module.export_tvm(spec={"forward": {"input_ids": nn.spec.Tensor([1, seq_len], "int32")}})
-        return mod, [name for name, _ in named]
-
-    def weights(self) -> dict:
-        """The exported module's parameters by name, float32 numpy arrays from the GGUF."""
-        return gguf_params(self.model, MAX_LEN)
+    @property
+    def fingerprint(self) -> str:
+        return self.source.fingerprint
 
     def compile(self, seq_len: int, relax_pipeline, target=None):
         """Compile for `seq_len` tokens; returns forward(ids [seq_len] int) -> logits [seq_len, vocab]."""
-        mod, names = self.export(seq_len)
+        exported = self.source.export(seq_len)
         if target is None:
             from ..targets import get
 
             target = get("host").cpu
-        ex = tvm.compile(mod, target=target, relax_pipeline=relax_pipeline)
+        ex = tvm.compile(exported.mod, target=target, relax_pipeline=relax_pipeline)
         vm = relax.VirtualMachine(ex, tvm.cpu())
-        if self._params is None:
-            self._params = {k: tvm.runtime.tensor(v) for k, v in self.weights().items()}
-        weights = [self._params[n] for n in names]
+        arrays = None
+        args = []
+        for name, param in zip(exported.weight_names, exported.mod["main"].params[1:]):
+            key = (name, tuple(int(d) for d in param.ty.shape.values))
+            if key not in self._weights:
+                arrays = arrays if arrays is not None else exported.weights()
+                self._weights[key] = tvm.runtime.tensor(np.ascontiguousarray(arrays[name]))
+            args.append(self._weights[key])
+        return Forward(vm, args, exported.input_dtype, seq_len, int(exported.mod["main"].ret_ty.shape.values[-1]))
 
-        def forward(ids) -> np.ndarray:
-            ids = np.asarray(ids, "int32").reshape(1, seq_len)
-            return vm["forward"](tvm.runtime.tensor(ids), *weights).numpy()[0]
 
-        return forward
+@dataclass
+class Forward:
+    """A compiled prefill: ``forward(ids [seq_len])`` -> logits [seq_len, vocab]."""
+
+    vm: object = field(repr=False)
+    weights: list = field(repr=False)
+    input_dtype: str
+    seq_len: int
+    vocab: int
+
+    def __call__(self, ids) -> np.ndarray:
+        ids = np.asarray(ids).astype(self.input_dtype).reshape(1, self.seq_len)
+        return self.vm["main"](tvm.runtime.tensor(ids), *self.weights).numpy()[0]
+
+
+def runner_for(spec, tokenizer=None) -> ModelRunner:
+    """`ModelRunner(open_model(spec, tokenizer))`."""
+    return ModelRunner(open_model(spec, tokenizer))
+
+
+__all__ = ["Forward", "ModelRunner", "runner_for"]

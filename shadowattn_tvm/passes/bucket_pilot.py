@@ -144,7 +144,7 @@ class _Bucketer(PyExprMutator):
         if ratios is None:
             raise ValueError(f"layer {block.layer}: the top-k keep ratios are not a constant")
         func = _BlockBuilder(self, block, ratios, q, k, v, mask).build()
-        gv = self.builder_.add_func(func, f"sat_npu_block_L{block.layer}")
+        gv = self.builder_.add_func(func, pilot.op.name_hint.replace("sat_pilot_", "sat_npu_block_", 1))
         return relax.Call(gv, [q, k, v] + ([mask] if mask is not None else []))
 
     # ------------------------------------------------------------ shared kernels

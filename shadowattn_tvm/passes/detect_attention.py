@@ -36,6 +36,7 @@ class _Plan:
     out_layout: str  # how the composite's [B,H,S,Dv] output goes back: "bhsd", "bsnh" (R.nn.attention)
     # or "nsd" (3-D batched [B·H, S, D] attention, run as batch 1 with B·H heads)
     out_dtype: str
+    function: str = ""  # the Relax function the block is in
 
 
 @tvm.transform.module_pass(opt_level=0, name="DetectAttention")
@@ -44,12 +45,12 @@ class DetectAttention:
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         plans = {}
-        layer = 0
         report = attention_report(mod)
         for gv in sorted(mod.functions, key=lambda g: g.name_hint):
             func = mod[gv]
             if not isinstance(func, relax.Function) or func.attrs and "shadowattn.kind" in func.attrs:
                 continue
+            layer = 0  # per function: layer i of a profile is the i-th block of each entry (prefill chunks)
             for var, plan_or_reason, form, root in _Analyzer(func, mod).candidates():
                 cand = Candidate(function=gv.name_hint, form=form, status="dense")
                 if isinstance(plan_or_reason, str):
@@ -58,13 +59,15 @@ class DetectAttention:
                 else:
                     plan = plan_or_reason
                     plan.block = _with_layer(plan.block, layer)
+                    plan.function = gv.name_hint
                     layer += 1
                     cand.status = "rewritten"
                     _describe(cand, plan)
                     plans[var] = plan
                 report.add(cand)
         if plans:
-            mod = relax.transform.DeadCodeElimination()(_Rewriter(mod, plans).transform())
+            qualify = len({p.function for p in plans.values()}) > 1  # names stay sat_attention_L<i> for one entry
+            mod = relax.transform.DeadCodeElimination()(_Rewriter(mod, plans, qualify).transform())
         return with_report(mod, report) if report.candidates else mod  # no candidate: unchanged
 
 
@@ -282,9 +285,9 @@ def _shape(expr, what, ranks=(4,)):
 # ---------------------------------------------------------------- rewriting
 @mutator
 class _Rewriter(PyExprMutator):
-    def __init__(self, mod, plans):
+    def __init__(self, mod, plans, qualify: bool):
         super().__init__(mod)
-        self.mod, self.plans = mod, plans
+        self.mod, self.plans, self.qualify = mod, plans, qualify
 
     def transform(self) -> tvm.IRModule:
         for gv, func in self.mod.functions.items():
@@ -299,7 +302,8 @@ class _Rewriter(PyExprMutator):
         args = [self.builder_.emit(self.visit_expr(x)) if not isinstance(x, relax.Var) else self.visit_expr(x)
                 for x in _plan_args(plan)]
         composite = make_composite(plan.block, [a.ty for a in args], self.builder_.add_func)
-        gv = self.builder_.add_func(composite, f"sat_attention_L{plan.block.layer}")
+        where = f"{plan.function}_" if self.qualify else ""
+        gv = self.builder_.add_func(composite, f"sat_attention_{where}L{plan.block.layer}")
         out = relax.Call(gv, args)
         if plan.out_layout != "bhsd":
             out = _restore_layout(plan, self.builder_.emit(out), lambda x: x)

@@ -46,13 +46,14 @@ class SplitSparseAttention:
         composites = {gv for gv, f in mod.functions.items() if _kind(f) == COMPOSITE_KIND}
         if not composites:
             return mod
-        self.profile.check_layer_count(len(composites))
+        # layers are numbered per function (prefill chunks repeat them): count the distinct numbers
+        self.profile.check_layer_count(len({AttentionBlock.from_attrs(mod[gv].attrs).layer for gv in composites}))
         target = tvm.target.Target.current(allow_none=True)
         splitter = _Splitter(mod, composites, self, lane_for(target).kernels())
         report = attention_report(mod)
         mod = relax.transform.DeadCodeElimination()(splitter.transform())
-        for layer, reason in splitter.left_dense.items():  # a block this pass cannot split stays dense
-            report.mark_dense(layer, reason)
+        for (function, layer), reason in splitter.left_dense.items():  # a block this pass cannot split stays dense
+            report.mark_dense(layer, reason, function)
         return with_split_blocks(with_report(mod, report), split_blocks(mod) + splitter.split)
 
     def layer_settings(self, block: AttentionBlock):
@@ -77,12 +78,13 @@ class _Splitter(PyExprMutator):
     def __init__(self, mod, composites, owner: SplitSparseAttention, sched):
         super().__init__(mod)
         self.mod, self.composites, self.owner, self.sched = mod, composites, owner, sched
-        self.left_dense: dict = {}  # layer -> why this pass kept its composite
+        self.left_dense: dict = {}  # (function, layer) -> why this pass kept its composite
         self.split: list = []  # ir_attrs.SplitBlock of every block split
 
     def transform(self) -> tvm.IRModule:
         for gv, func in self.mod.functions.items():
             if isinstance(func, relax.Function) and gv not in self.composites:
+                self.function = gv.name_hint
                 self.builder_.update_func(gv, self.visit_expr(func))
         return self.builder_.get()
 
@@ -90,6 +92,7 @@ class _Splitter(PyExprMutator):
         call = super().visit_call_(call)
         if not (isinstance(call.op, relax.GlobalVar) and call.op in self.composites):
             return call
+        self.name = call.op.name_hint.replace("sat_attention_", "", 1)  # L<i>, or <function>_L<i>
         block = AttentionBlock.from_attrs(self.mod[call.op].attrs)
         ratios, q_scales, k_scales, mode = self.owner.layer_settings(block)  # a ProfileError is the user's
         try:
@@ -99,7 +102,7 @@ class _Splitter(PyExprMutator):
 
     def _leave_dense(self, call, block, reason: str):
         """Keep the composite call (its dense body runs) and say why in the report."""
-        self.left_dense[block.layer] = reason
+        self.left_dense[(self.function, block.layer)] = reason
         return call
 
     def _split(self, call, block, ratios, q_scales, k_scales, mode):
@@ -111,7 +114,7 @@ class _Splitter(PyExprMutator):
                                      "keys are all masked need the hand-written sparse kernel (head_dim a multiple "
                                      "of 16, v_dim of 8)")
         pilot_gv = self.builder_.add_func(self._pilot(block, q.ty, k.ty, mode, q_scales, k_scales),
-                                          f"sat_pilot_L{block.layer}")
+                                          f"sat_pilot_{self.name}")
         pilot = self.builder_.emit(relax.Call(pilot_gv, [q, k]), name_hint="pilot")
         scores, q_scale, k_scale = (self.builder_.emit(relax.TupleGetItem(pilot, i)) for i in range(3))
         idx = self.builder_.emit(self._topk(block, scores, ratios, q_scale, k_scale, mask), name_hint="topk_idx")

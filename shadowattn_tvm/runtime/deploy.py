@@ -15,8 +15,10 @@ equal ``plan.json``'s) and written as a Chrome trace.
 Timings are labelled by asking the server what it is: servers started by `emulated_phone` answer
 ``shadowattn.rpc_server.info`` (qemu-user or host), so their numbers are never mistaken for a
 phone's; a stock TVM server on a phone has no such function and is labelled "device".
-This module imports no compiler module (no passes, kernels or model frontends), except to read
-a model's weights from its model file when the build takes them as inputs.
+This module imports no compiler module (no passes, kernels or model frontends): a build that
+takes its weights as inputs names the model file, its sha256 and which tensor feeds each input
+(`weights.WeightMap`, numpy and the format's reader only); ``model_file`` points at the file
+when it has moved since the build.
 """
 from __future__ import annotations
 
@@ -30,8 +32,9 @@ from typing import Callable
 import numpy as np
 
 from .._compat import relax, tvm
-from ..builder.manifest import ManifestError, load as load_manifest
+from ..builder.manifest import DERIVED_WEIGHTS, ManifestError, load as load_manifest
 from ..targets.export import elf_machine
+from ..weights import WeightMap, WeightsError
 from ._rpc_server_main import INFO_FUNCTION
 from .rpc_session import Endpoint, RPCUnavailable, check_available, looks_lost, open_session
 from .trace import Track, Tracer
@@ -74,6 +77,7 @@ class DeployResult:
     npu_launches: int | None = None  # launches the NPU ran in the verified run (None: the pilot is on the CPU)
     npu_planned: int | None = None  # plan.json's count
     trace: str | None = None
+    generation: dict | None = None  # a generation build's run (`deploy_generation.Run.to_json`)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -90,6 +94,10 @@ class DeployResult:
                                                 f"({self.repeat} x {self.number} runs)"),
             ("phases", ", ".join(f"{k} {v:.1f} s" for k, v in self.phases_s.items())),
         ]
+        if self.generation is not None:
+            from .deploy_generation import table_rows
+
+            rows[3:4] = table_rows(self.generation, self.label)
         if self.npu_launches is not None:
             ok = "as planned" if self.npu_launches == self.npu_planned else "MISMATCH"
             where = "emulated Hexagon (qemu-hexagon)" if self.server.get("kind") == "emulated" else "the NPU"
@@ -100,8 +108,9 @@ class DeployResult:
         return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 
 
-def _reference(manifest) -> tuple[list, np.ndarray]:
-    """(the run's inputs in `main`'s order, the expected output) from the build's reference/."""
+def _reference(manifest, model_file=None) -> tuple[list, np.ndarray]:
+    """(the run's inputs in `main`'s order, the expected output) from the build's reference/ and
+    the model file's weights."""
     folder = manifest.root / "reference"
     try:
         meta = json.loads((folder / "reference.json").read_text())
@@ -111,10 +120,18 @@ def _reference(manifest) -> tuple[list, np.ndarray]:
         raise ManifestError(f"{manifest.root}: no usable reference/ ({err}): rebuild with `shadowattn compile`") from None
     weights = {}
     if meta["weights"]:
-        from ..builder.models import get_model  # the model file holds the weights (not copied into the build)
-
-        built = get_model(manifest.data["model"]["name"], int(manifest.data["model"]["tokens"]))
-        weights = built.weights()
+        if "weights" not in manifest.data["model"]:
+            raise ManifestError(f"{manifest.root}: the build takes weights but names no model file: rebuild with "
+                                "`shadowattn compile`")
+        wmap = WeightMap.from_json(manifest.data["model"]["weights"])
+        derived = {}
+        if wmap.derived:
+            with np.load(manifest.root / DERIVED_WEIGHTS) as data:
+                derived = {name: data[name] for name in data.files}
+        try:
+            weights = wmap.load(model_file, derived)
+        except WeightsError as err:
+            raise ManifestError(str(err)) from None
     inputs = [weights[s.name] if s.name in weights else data[s.name] for s in manifest.inputs]
     return inputs, expected
 
@@ -134,7 +151,7 @@ def _phase_runner(endpoint: Endpoint, phases: dict, on_phase):
         message = None
         try:
             return fn()
-        except (RPCUnavailable, DeployError):
+        except (RPCUnavailable, DeployError, ManifestError):
             raise
         except Exception as err:  # noqa: BLE001 - TVM raises its own error types for RPC failures
             message = _explain(name, endpoint, err)
@@ -178,8 +195,9 @@ class _NPU:
         return int(json.loads(self.stats())["launches"]), json.loads(self.trace())
 
 
-def _on_device(session, timed, manifest, cpu_module: Path, entry: str, inputs, number: int, repeat: int):
-    """Everything that touches remote objects; they all die with this frame (closing the session)."""
+def _on_device(session, timed, manifest, cpu_module: Path, inputs, work):
+    """Everything that touches remote objects; they all die with this frame (closing the session).
+    `work(vm, dev, args, npu)` runs the build's workload and returns what the caller keeps."""
     prefix = f"shadowattn_{manifest.data['device']['name']}"
     info = timed("query", lambda: _server_info(session))
     built_for = elf_machine(cpu_module)
@@ -192,10 +210,18 @@ def _on_device(session, timed, manifest, cpu_module: Path, entry: str, inputs, n
     dev = session.cpu()
     vm = timed("load", lambda: relax.VirtualMachine(session.load_module(f"{prefix}_{cpu_module.name}"), dev))
     args = timed("inputs", lambda: [tvm.runtime.tensor(x, dev) for x in inputs])
-    output = timed("run", lambda: vm[entry](*args).numpy())
-    launches, events = timed("npu stats", npu.collect)
-    evaluator = timed("time", lambda: vm.time_evaluator(entry, dev, number=number, repeat=repeat)(*args))
-    return info, output, [float(r) * 1e3 for r in evaluator.results], float(evaluator.mean) * 1e3, launches, events
+    return info, work(vm, dev, args, npu)
+
+
+def _prefill_work(timed, entry: str, number: int, repeat: int):
+    """The build's prefill once (verified, NPU launches counted), then time_evaluator."""
+    def work(vm, dev, args, npu):
+        output = timed("run", lambda: vm[entry](*args).numpy())
+        launches, events = timed("npu stats", npu.collect)
+        evaluator = timed("time", lambda: vm.time_evaluator(entry, dev, number=number, repeat=repeat)(*args))
+        return output, [float(r) * 1e3 for r in evaluator.results], float(evaluator.mean) * 1e3, launches, events
+
+    return work
 
 
 def _write_trace(path: Path, events: list, label: str) -> str:
@@ -210,11 +236,16 @@ def _write_trace(path: Path, events: list, label: str) -> str:
 
 def deploy(build_dir: str | Path, endpoint: Endpoint, *, number: int = 1, repeat: int = 3,
            wait: float = 60.0, tolerance: Tolerance = Tolerance(), trace: str | Path | None = None,
-           on_phase: Callable[[str], None] | None = None, log=print) -> DeployResult:
+           model_file: str | Path | None = None, generate=None, on_phase: Callable[[str], None] | None = None,
+           log=print) -> DeployResult:
     """Run the build in `build_dir` on a device of `endpoint`; see the module docstring.
 
     trace: where the Chrome trace of an NPU build's verified run goes (default
-    ``<build>/trace-<label>.json``). Raises ManifestError (bad build), RPCUnavailable (no
+    ``<build>/trace-<label>.json``). model_file: the model file the weights are read from, when it
+    is no longer where the build recorded it (its sha256 must still match). A generation build
+    (``compile --generate``) runs its reference prompt through prefill and greedy decode instead,
+    verified token by token (`deploy_generation`); `generate` (a `deploy_generation.Request`) then
+    also generates from a prompt of the user's. Raises ManifestError (bad build), RPCUnavailable (no
     session: tracker/server unreachable, key unknown, no free device within `wait` s) or
     DeployError (the session failed mid-way). `on_phase(name)` is called before each phase
     (progress; tests use it to kill the server). The session is closed before returning or raising.
@@ -225,14 +256,23 @@ def deploy(build_dir: str | Path, endpoint: Endpoint, *, number: int = 1, repeat
     phases: dict[str, float] = {}
     timed = _phase_runner(endpoint, phases, on_phase)
 
-    inputs, expected = timed("reference", lambda: _reference(manifest))
+    generation = manifest.data.get("generation")
+    if generate is not None and generation is None:
+        raise ManifestError(f"{manifest.root} has no decode step: compile it with --generate to generate text")
+    if generation is not None:
+        from . import deploy_generation
+
+        inputs, expected = timed("reference", lambda: deploy_generation.reference(manifest, model_file))
+        work = deploy_generation.work(timed, manifest, expected, generate)
+    else:
+        inputs, expected = timed("reference", lambda: _reference(manifest, model_file))
+        work = _prefill_work(timed, entry, number, repeat)
     timed("check", lambda: check_available(endpoint))
     log(f"[deploy] running {entry} on {endpoint.describe()}")
     session = timed("connect", lambda: open_session(endpoint, wait=wait))
     error = None
     try:
-        info, output, runs_ms, mean_ms, launches, events = _on_device(session, timed, manifest, cpu_module, entry,
-                                                                      inputs, number, repeat)
+        info, done = _on_device(session, timed, manifest, cpu_module, inputs, work)
     except DeployError as err:
         error = DeployError(str(err))  # a fresh error: the original's traceback pins the session
     finally:
@@ -240,9 +280,16 @@ def deploy(build_dir: str | Path, endpoint: Endpoint, *, number: int = 1, repeat
         gc.collect()  # RPC sessions close when their last reference dies; TVM objects can sit in cycles
     if error is not None:
         raise error
+    if generation is not None:
+        done, launches, events = done
+        output, expected, runs_ms, mean_ms = done.output, done.expected, [done.prefill_ms], done.prefill_ms
+    else:
+        output, runs_ms, mean_ms, launches, events = done
+        done = None
     close = output.shape == expected.shape
     err = float(np.max(np.abs(output.astype(np.float64) - expected))) if close else float("inf")
     verified = close and bool(np.allclose(output, expected, atol=tolerance.atol, rtol=tolerance.rtol))
+    verified = verified and (done is None or done.tokens == done.expected_tokens)
     label = LABELS.get(info.get("kind"), LABELS[None])
     planned = manifest.data.get("lanes", {}).get("pilot", {}).get("launches")
     trace_path = None
@@ -255,6 +302,7 @@ def deploy(build_dir: str | Path, endpoint: Endpoint, *, number: int = 1, repeat
         tolerance=tolerance, mean_ms=mean_ms, median_ms=float(np.median(runs_ms)), runs_ms=runs_ms,
         number=number, repeat=repeat, phases_s={k: round(v, 3) for k, v in phases.items()},
         npu_launches=launches, npu_planned=planned, trace=trace_path,
+        generation=None if done is None else done.to_json(),
     )
 
 

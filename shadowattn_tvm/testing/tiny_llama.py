@@ -58,8 +58,9 @@ def write_tiny_gguf(path, seed: int = 0) -> dict:
     return weights
 
 
-def numpy_forward(weights: dict, ids) -> np.ndarray:
-    """Reference logits [S, vocab] (float64) with interleaved-pair RoPE, GQA and a causal mask."""
+def numpy_forward(weights: dict, ids, return_kv: bool = False):
+    """Reference logits [S, vocab] (float64) with interleaved-pair RoPE, GQA and a causal mask; with
+    `return_kv` also each layer's rotated K and V [kv_heads, S, head_dim] (a KV cache's content)."""
     d = HIDDEN // HEADS
     w = {k: v.astype(np.float64) for k, v in weights.items()}
     x = w["token_embd.weight"][np.asarray(ids)]
@@ -77,12 +78,14 @@ def numpy_forward(weights: dict, ids) -> np.ndarray:
         out[..., 1::2] = t[..., 0::2] * sin + t[..., 1::2] * cos
         return out
 
+    cache = []
     for i in range(LAYERS):
         p = f"blk.{i}."
         h = rms(x, w[p + "attn_norm.weight"])
         q = rope((h @ w[p + "attn_q.weight"].T).reshape(s, HEADS, d).transpose(1, 0, 2))
         k = rope((h @ w[p + "attn_k.weight"].T).reshape(s, KV_HEADS, d).transpose(1, 0, 2))
         v = (h @ w[p + "attn_v.weight"].T).reshape(s, KV_HEADS, d).transpose(1, 0, 2)
+        cache.append((k, v))
         k, v = np.repeat(k, HEADS // KV_HEADS, 0), np.repeat(v, HEADS // KV_HEADS, 0)
         a = q @ k.transpose(0, 2, 1) / np.sqrt(d) + np.triu(np.full((s, s), -np.inf), 1)
         a = np.exp(a - a.max(-1, keepdims=True))
@@ -91,7 +94,8 @@ def numpy_forward(weights: dict, ids) -> np.ndarray:
         h = rms(x, w[p + "ffn_norm.weight"])
         g = h @ w[p + "ffn_gate.weight"].T
         x = x + ((g / (1 + np.exp(-g))) * (h @ w[p + "ffn_up.weight"].T)) @ w[p + "ffn_down.weight"].T
-    return rms(x, w["output_norm.weight"]) @ w["token_embd.weight"].T
+    logits = rms(x, w["output_norm.weight"]) @ w["token_embd.weight"].T
+    return (logits, cache) if return_kv else logits
 
 
 def tiny_gguf_path(directory) -> Path:

@@ -182,7 +182,7 @@ def test_refuses_to_replace_a_directory_that_is_not_a_build(tmp_path):
 
 
 def test_unknown_model_and_device():
-    with pytest.raises(ValueError, match="unknown model 'qwen9'; known: default"):
+    with pytest.raises(ValueError, match="unknown model 'qwen9': pass smollm2, a .gguf file or an .onnx file"):
         compile_to_dir("host", "/nonexistent/x", model="qwen9", tokens=32, **quiet)
     with pytest.raises(ValueError, match="unknown device 'pixel'"):
         compile_to_dir("pixel", "/nonexistent/x", tokens=32, **quiet)

@@ -5,8 +5,7 @@ import pytest
 from shadowattn_tvm.calibrate import ProfileError, SparsityProfile
 from shadowattn_tvm.calibrate.calibrate import calibrate
 from shadowattn_tvm.evaluation.accuracy import accuracy_table, format_table
-from shadowattn_tvm.frontend import load_gguf
-from shadowattn_tvm.frontend.model import LlamaRunner
+from shadowattn_tvm.frontend import GGUFSource, ModelRunner
 from shadowattn_tvm.testing import tiny_llama
 
 pytestmark = pytest.mark.slow  # compiles the tiny model seven times
@@ -16,16 +15,16 @@ TEXT = " ".join(["the cat sat on the mat and the dog ate the hat"] * 40)
 
 @pytest.fixture(scope="module")
 def runner(tmp_path_factory):
-    return LlamaRunner(load_gguf(tiny_llama.tiny_gguf_path(tmp_path_factory.mktemp("gguf"))))
+    return ModelRunner(GGUFSource(tiny_llama.tiny_gguf_path(tmp_path_factory.mktemp("gguf"))))
 
 
 @pytest.fixture(scope="module")
 def profile(runner):
-    return calibrate(runner, TEXT, keep=0.25, ctx=32, num_windows=2, progress=False)
+    return calibrate(runner, TEXT, keep=0.25, ctx=(16, 32), num_windows=2, progress=False)
 
 
 def test_profile_shape_scales_and_fingerprint(runner, profile):
-    assert len(profile.layers) == 2 and profile.model == runner.model.fingerprint
+    assert len(profile.layers) == 2 and profile.model == runner.fingerprint
     ratios = np.array([l.ratios for l in profile.layers])
     assert ratios.shape == (2, 4) and ratios.mean() == pytest.approx(0.25)
     layer = profile.layers[0]
@@ -34,9 +33,20 @@ def test_profile_shape_scales_and_fingerprint(runner, profile):
     assert profile.retarget(0.1).layers[1].ratios != profile.layers[1].ratios
 
 
-def test_profile_refuses_another_model(profile):
-    with pytest.raises(ProfileError, match="calibrated for model"):
-        profile.check_model("0123456789abcdef")
+def test_a_profile_of_another_model_file_is_applied_with_a_warning(profile, runner):
+    warnings = []
+    assert profile.check_model(runner.fingerprint, warnings.append) and not warnings
+    assert not profile.check_model("0123456789abcdef", warnings.append)
+    assert len(warnings) == 1 and "calibrated on model file" in warnings[0] and "0123456789abcdef" in warnings[0]
+
+
+def test_importances_of_several_lengths_are_averaged(runner, profile):
+    shares = np.array([l.importance for l in profile.layers])
+    assert shares.sum() == pytest.approx(1.0)  # each length's shares sum to 1, then the mean
+    single = calibrate(runner, TEXT, keep=0.25, ctx=32, num_windows=2, progress=False)
+    assert not np.allclose(np.array([l.importance for l in single.layers]), shares)
+    # scale statistics pool the windows of both lengths
+    assert single.layers[0].q_scales != profile.layers[0].q_scales
 
 
 def test_accuracy_table_rows(runner, profile):

@@ -11,23 +11,23 @@ from shadowattn_tvm import passes
 from shadowattn_tvm.calibrate.profile import SHIPPED_PROFILE, SparsityProfile
 from shadowattn_tvm.evaluation.corpus import austen
 from shadowattn_tvm.evaluation.perplexity import Metrics, windows
-from shadowattn_tvm.frontend.model import LlamaRunner, resolve_model
+from shadowattn_tvm.frontend.model import runner_for
 
 pytestmark = pytest.mark.accuracy
 
 
 @pytest.fixture(scope="module")
 def runner():
-    return LlamaRunner(resolve_model("smollm2"))
+    return runner_for("smollm2")
 
 
 @pytest.fixture(scope="module")
 def ids(runner):
-    return runner.tokenizer.encode(austen()).ids
+    return runner.tokenizer.encode(austen())
 
 
 def _perplexities(runner, ids, ctx, pipelines):
-    wins = windows(ids, ctx, 3, runner.config.bos_id)
+    wins = windows(ids, ctx, 3, runner.tokenizer.bos_id)
     out = {}
     for name, pipeline in pipelines.items():
         forward, metrics = runner.compile(ctx, pipeline), Metrics()

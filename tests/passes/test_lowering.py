@@ -8,8 +8,7 @@ import tvm
 
 import shadowattn_tvm as sat
 from shadowattn_tvm._compat import tirx
-from shadowattn_tvm.frontend import load_gguf
-from shadowattn_tvm.frontend.model import LlamaRunner
+from shadowattn_tvm.frontend import GGUFSource, ModelRunner
 from shadowattn_tvm.passes.lowering import OPAQUE, cpu_stages, legalize_stages
 from shadowattn_tvm.targets import get
 from shadowattn_tvm.testing import tiny_llama
@@ -22,7 +21,7 @@ TOKENS = 24
 def tiny(tmp_path_factory):
     path = tmp_path_factory.mktemp("gguf") / "tiny.gguf"
     weights = tiny_llama.write_tiny_gguf(path)
-    return LlamaRunner(load_gguf(path)), weights
+    return ModelRunner(GGUFSource(path)), weights
 
 
 def _prim_funcs(mod) -> dict:
@@ -31,7 +30,7 @@ def _prim_funcs(mod) -> dict:
 
 def test_fusion_runs_and_our_kernels_stay_whole(tiny):
     runner, _ = tiny
-    mod, _ = runner.export(TOKENS)
+    mod = runner.source.export(TOKENS).mod
     with HOST:
         ir = sat.pipeline(keep=0.5, lower=False)(mod)
         legalized = tvm.transform.Sequential(legalize_stages(HOST))(ir)
@@ -45,7 +44,7 @@ def test_fusion_runs_and_our_kernels_stay_whole(tiny):
 
 def test_every_kernel_is_scheduled_exactly_once(tiny):
     runner, _ = tiny
-    mod, _ = runner.export(TOKENS)
+    mod = runner.source.export(TOKENS).mod
     stages = cpu_stages(HOST)
     schedule = next(i for i, p in enumerate(stages) if p.info.name == "ScheduleDefaultCPU")
     with HOST:

@@ -92,6 +92,46 @@ def test_deploy_smollm2_runs_its_real_weights(host_phone, tmp_path):
     assert result.verified and result.max_abs_err <= 1e-4
 
 
+def test_deploy_reads_the_weights_from_the_recorded_model_file(host_phone, tmp_path):
+    """A GGUF model's weights stay in its file: deploy finds it by the manifest, checks its sha256,
+    and takes a new location when the file has moved."""
+    import shutil
+
+    from shadowattn_tvm.builder import ManifestError, compile_to_dir
+    from shadowattn_tvm.testing import tiny_llama
+
+    path = tiny_llama.tiny_gguf_path(tmp_path)
+    build = compile_to_dir("host", tmp_path / "tiny", model=str(path), tokens=32, **quiet).out_dir
+    assert deploy(build, _tracker(host_phone), repeat=1, **quiet).verified
+    moved = tmp_path / "elsewhere.gguf"
+    shutil.move(path, moved)
+    with pytest.raises(ManifestError, match="is gone: the build takes its weights from it; pass its new location"):
+        deploy(build, _tracker(host_phone), repeat=1, **quiet)
+    assert deploy(build, _tracker(host_phone), repeat=1, model_file=moved, **quiet).verified
+    other = tmp_path / "other.gguf"
+    tiny_llama.write_tiny_gguf(other, seed=1)
+    with pytest.raises(ManifestError, match="not the model file this was built from"):
+        deploy(build, _tracker(host_phone), repeat=1, model_file=other, **quiet)
+
+
+def test_a_generation_build_verifies_its_greedy_tokens_and_generates(host_phone, tmp_path):
+    from shadowattn_tvm.builder import compile_to_dir
+    from shadowattn_tvm.runtime.deploy_generation import Request
+    from shadowattn_tvm.testing import tiny_llama
+
+    path = tiny_llama.tiny_gguf_path(tmp_path)
+    build = compile_to_dir("host", tmp_path / "gen", model=str(path), tokens=16, capacity=48, **quiet).out_dir
+    pieces = []
+    result = deploy(build, _tracker(host_phone), repeat=1, generate=Request("the cat", 6, on_text=pieces.append),
+                    **quiet)
+    run = result.generation
+    assert result.verified and run["tokens"] == run["expected_tokens"] and len(run["tokens"]) == 8
+    assert len(run["prompt"]["tokens"]) == 6 and "".join(pieces) == run["prompt"]["text"]
+    assert "greedy tokens vs reference/" in result.table() and "8 of 8 equal: verified" in result.table()
+    with pytest.raises(ValueError, match="prefills at most 16"):
+        deploy(build, _tracker(host_phone), generate=Request("the cat sat on the mat " * 3), **quiet)
+
+
 def _kill_tracker_at(state, when):
     def on_phase(phase):
         if phase == when:

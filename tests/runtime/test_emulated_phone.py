@@ -67,19 +67,18 @@ def test_tune_through_the_tracker_on_the_emulated_phone(emulated_phone, tmp_path
 def test_a_tiny_llama_compiles_and_deploys_with_the_npu_lane(emulated_phone, cross_toolchain, tmp_path, capsys):
     """A whole (tiny, random) Llama: calibrated scales, every layer's pilot on emulated Hexagon."""
     from shadowattn_tvm.builder import compile_to_dir
-    from shadowattn_tvm.builder.models import llama_build
+    from shadowattn_tvm.builder.models import source_build
     from shadowattn_tvm.calibrate.calibrate import calibrate
-    from shadowattn_tvm.frontend import load_gguf
-    from shadowattn_tvm.frontend.model import LlamaRunner
+    from shadowattn_tvm.frontend import GGUFSource, ModelRunner
     from shadowattn_tvm.testing import tiny_llama
 
     path = tmp_path / "tiny.gguf"
     tiny_llama.write_tiny_gguf(path)
-    runner = LlamaRunner(load_gguf(path))
+    runner = ModelRunner(GGUFSource(path, name="tiny-llama"))
     profile = calibrate(runner, "the cat sat on the mat and the dog ate the hat " * 8, keep=0.25, ctx=32,
                         progress=False)
     tokens = 64
-    build = compile_to_dir("snapdragon-8gen3", tmp_path / "build", model=llama_build(runner, tokens, "tiny-llama",
+    build = compile_to_dir("snapdragon-8gen3", tmp_path / "build", model=source_build(runner.source, tokens,
                            bind_weights=True), tokens=tokens, profile=profile, k_min=4, log=lambda _m: None)
     assert build.report.summary() == f"{tiny_llama.LAYERS}/{tiny_llama.LAYERS} attention blocks rewritten"
     plan = json.loads((build.out_dir / "plan.json").read_text())
@@ -88,4 +87,23 @@ def test_a_tiny_llama_compiles_and_deploys_with_the_npu_lane(emulated_phone, cro
     stdout = capsys.readouterr().out
     assert code == 0, stdout
     assert "verified" in stdout
+    assert f"{plan['launches']} executed on emulated Hexagon (qemu-hexagon), plan.json has {plan['launches']}" in stdout
+
+
+def test_a_generation_build_runs_prefill_on_the_npu_and_decodes(emulated_phone, cross_toolchain, tmp_path, capsys):
+    """compile --generate for a phone, deploy --generate on the emulated phone: the reference prompt's
+    prefill with every pilot on emulated Hexagon, greedy decode verified, then a prompt of ours."""
+    from shadowattn_tvm.testing import tiny_llama
+
+    path = tiny_llama.tiny_gguf_path(tmp_path)
+    out = tmp_path / "gen"
+    assert main(["compile", str(path), "--device", "snapdragon-8gen3", "--tokens", "32", "--generate", "--capacity",
+                 "64", "--keep", "0.5", "--k-min", "4", "-o", str(out), "--quiet"]) == 0
+    plan = json.loads((out / "plan.json").read_text())
+    capsys.readouterr()
+    code = main(["deploy", str(out), "--rpc-tracker", emulated_phone.tracker_address, "--generate", "--prompt",
+                 "the cat", "--max-new-tokens", "4"])
+    stdout = capsys.readouterr().out
+    assert code == 0, stdout
+    assert "8 of 8 equal: verified" in stdout and "emulated" in stdout
     assert f"{plan['launches']} executed on emulated Hexagon (qemu-hexagon), plan.json has {plan['launches']}" in stdout
