@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import tvm  # noqa: E402
 
 import shadowattn_tvm as sat  # noqa: E402
-from shadowattn_tvm.frontend.model import LlamaRunner, resolve_model  # noqa: E402
+from shadowattn_tvm.frontend.model import ModelRunner, runner_for  # noqa: E402
 from shadowattn_tvm.passes.lowering import cpu_stages  # noqa: E402
 from shadowattn_tvm.targets import get as get_device  # noqa: E402
 
@@ -45,14 +45,11 @@ def _then(first, second):
     return _both
 
 
-def kernel_profile(runner: LlamaRunner, n: int, lower, ids) -> dict:
+def kernel_profile(runner: ModelRunner, n: int, lower, ids) -> dict:
     """{kernel: [ms, calls]} of one forward of `runner` compiled with `lower`, every call timed."""
     import tvm_ffi
-    from tvm import relax
 
-    mod, names = runner.export(n)
-    vm = relax.VirtualMachine(tvm.compile(mod, target=get_device("host").cpu, relax_pipeline=lower), tvm.cpu())
-    params = {k: tvm.runtime.tensor(v) for k, v in runner.weights().items()}
+    forward = runner.compile(n, lower, target=get_device("host").cpu)
     kernels, starts = {}, []
 
     def instrument(func, symbol, before, _ret, *_args):
@@ -66,9 +63,9 @@ def kernel_profile(runner: LlamaRunner, n: int, lower, ids) -> dict:
             starts.pop()
         return 0
 
-    vm["forward"](tvm.runtime.tensor(ids.reshape(1, n)), *[params[k] for k in names])  # warm-up
-    vm.set_instrument(instrument)
-    vm["forward"](tvm.runtime.tensor(ids.reshape(1, n)), *[params[k] for k in names])
+    forward(ids)  # warm-up
+    forward.vm.set_instrument(instrument)
+    forward(ids)
     return kernels
 
 
@@ -80,8 +77,13 @@ def kernel_table(n: int, program: str, kernels: dict, top: int) -> str:
     return "\n".join(lines)
 
 
-def bench(runner: LlamaRunner, n: int, keep: float, repeat: int) -> list:
-    ids = np.array([runner.config.bos_id, *np.random.default_rng(0).integers(0, runner.config.vocab, n - 1)], np.int32)
+def _ids(runner: ModelRunner, n: int) -> np.ndarray:
+    tok = runner.tokenizer
+    return np.array([tok.bos_id, *np.random.default_rng(0).integers(0, tok.vocab_size, n - 1)], np.int32)
+
+
+def bench(runner: ModelRunner, n: int, keep: float, repeat: int) -> list:
+    ids = _ids(runner, n)
     variants = []
     for program, front in (("dense", None), (f"shadowAttn {keep}", sat.pipeline(keep=keep, lower=False))):
         for label, lower in (("before (no fusion)", lowering_before), ("after (TVM stages, fused)", sat.lowering())):
@@ -112,7 +114,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--kernels", type=int, default=0, help="also print the N slowest kernels of each fused build")
     args = parser.parse_args(argv)
-    runner = LlamaRunner(resolve_model("smollm2"))
+    runner = runner_for("smollm2")
     load, rows = [os.getloadavg()[0]], []
     for n in args.tokens:
         print(f"prefill {n} tokens", flush=True)
@@ -126,8 +128,7 @@ def main(argv=None) -> int:
     for n, program, label, med, best, setup, speedup, diff in rows:
         print(f"{n:>6}  {program:<16}  {label:<26}  {med:>9.0f}  {best:>8.0f}  {setup:>9.0f}  {speedup:>7.2f}×  {diff:>12.2g}")
     for n in args.tokens if args.kernels else []:
-        ids = np.array([runner.config.bos_id, *np.random.default_rng(0).integers(0, runner.config.vocab, n - 1)],
-                       np.int32)
+        ids = _ids(runner, n)
         for program, lower in (("dense", sat.lowering()),
                                (f"shadowAttn {args.keep}", _then(sat.pipeline(keep=args.keep, lower=False),
                                                                  sat.lowering()))):

@@ -6,7 +6,7 @@ The peer: transformers loads the embedded SmolLM2-135M-Instruct GGUF (dequantise
 ``torch.onnx.export(dynamo=True, opset 18)`` writes a static-length ``input_ids -> logits`` model,
 cached under ``$SHADOWATTN_CACHE/bench/smollm2-onnx/``; ONNX Runtime runs it on the CPU execution
 provider with all graph optimisations and 2 intra-op threads. Ours: the same GGUF through our
-Llama nn.Module (`LlamaRunner`), compiled with ``sat.lowering()`` (dense, default CPU schedules)
+model source (`frontend.model.ModelRunner`), compiled with ``sat.lowering()`` (dense, default CPU schedules)
 and with ``sat.pipeline(keep=...)`` (shadowAttn, dynamic int8 scales, no profile), 2 TVM threads.
 Every engine sees the same token ids; the table also reports top-1 agreement of the logits
 with ONNX Runtime's, so a fast wrong answer shows. These are host CPU numbers, not phone numbers.
@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 
 import shadowattn_tvm as sat  # noqa: E402
 from shadowattn_tvm.frontend import smollm2_gguf  # noqa: E402
-from shadowattn_tvm.frontend.model import LlamaRunner, resolve_model  # noqa: E402
+from shadowattn_tvm.frontend.model import ModelRunner, runner_for  # noqa: E402
 from shadowattn_tvm.passes.lowering import KERNEL_PREFIX  # noqa: E402
 from shadowattn_tvm.targets import get as get_device  # noqa: E402
 from shadowattn_tvm.settings import cache_dir  # noqa: E402
@@ -102,31 +102,24 @@ def _ort_session(path: Path, threads: int = THREADS):
     return lambda ids: session.run(None, {"input_ids": ids.reshape(1, -1).astype(np.int64)})[0][0]
 
 
-def _token_ids(runner: LlamaRunner, seq_len: int) -> tuple[np.ndarray, str]:
+def _token_ids(runner: ModelRunner, seq_len: int) -> tuple[np.ndarray, str]:
     """BOS + Pride and Prejudice (real text keeps top-1 agreement meaningful); random ids if unavailable."""
     try:
         from shadowattn_tvm.evaluation.corpus import austen
 
-        ids = runner.tokenizer.encode(austen("prideprejudice")[:20 * seq_len]).ids[: seq_len - 1]
+        ids = runner.tokenizer.encode(austen("prideprejudice")[:20 * seq_len])[: seq_len - 1]
         source = "Pride and Prejudice"
     except Exception as err:  # noqa: BLE001 - the corpus is optional here: speed does not depend on it
         print(f"  (no corpus: {err}; using random token ids)")
-        ids, source = np.random.default_rng(0).integers(0, runner.config.vocab, seq_len - 1), "random ids"
-    return np.array([runner.config.bos_id, *ids], np.int32), source
+        ids, source = np.random.default_rng(0).integers(0, runner.tokenizer.vocab_size, seq_len - 1), "random ids"
+    return np.array([runner.tokenizer.bos_id, *ids], np.int32), source
 
 
-def _compile(runner: LlamaRunner, params: dict, seq_len: int, pipeline):
+def _compile(runner: ModelRunner, seq_len: int, pipeline):
     """(forward(ids) -> logits, profile(ids) -> {kernel: [ms, calls, is_attention]}) for one TVM build."""
-    import tvm
     import tvm_ffi
-    from tvm import relax
 
-    mod, names = runner.export(seq_len)
-    vm = relax.VirtualMachine(tvm.compile(mod, target=get_device("host").cpu, relax_pipeline=pipeline), tvm.cpu())
-    weights = [params[n] for n in names]
-
-    def forward(ids):
-        return vm["forward"](tvm.runtime.tensor(np.asarray(ids, "int32").reshape(1, seq_len)), *weights).numpy()[0]
+    forward = runner.compile(seq_len, pipeline, target=get_device("host").cpu)
 
     def profile(ids) -> dict:
         kernels, starts = {}, []
@@ -144,17 +137,17 @@ def _compile(runner: LlamaRunner, params: dict, seq_len: int, pipeline):
             entry[1] += 1
             return 0
 
-        vm.set_instrument(instrument)
+        forward.vm.set_instrument(instrument)
         try:
             forward(ids)
         finally:
-            vm.set_instrument(None)
+            forward.vm.set_instrument(None)
         return kernels
 
     return forward, profile
 
 
-def bench(seq_len: int, keep: float, repeat: int, runner: LlamaRunner, params: dict) -> list[dict]:
+def bench(seq_len: int, keep: float, repeat: int, runner: ModelRunner) -> list[dict]:
     """Build the three engines, then time them round-robin (shared-host load hits all alike)."""
     ids, source = _token_ids(runner, seq_len)
     engines, profilers = [], []  # (name, forward, setup seconds); per TVM engine: profile(ids)
@@ -165,7 +158,7 @@ def bench(seq_len: int, keep: float, repeat: int, runner: LlamaRunner, params: d
     for name, pipeline in (("TVM dense (sat.lowering)", sat.lowering()),
                            (f"TVM shadowAttn (keep {keep})", sat.pipeline(keep=keep, report=report))):
         start = time.perf_counter()
-        forward, profile = _compile(runner, params, seq_len, pipeline)
+        forward, profile = _compile(runner, seq_len, pipeline)
         engines.append((name, forward, time.perf_counter() - start))
         profilers.append(profile)
     if len(report.rewritten) < len(report.candidates):  # a block left dense times dense attention
@@ -233,14 +226,14 @@ def attention_table(rows) -> str:
     return _format(head, body)
 
 
-def cpu_time_rows(tokens: list, keep: float, repeat: int, runner: LlamaRunner, params: dict) -> list[dict]:
+def cpu_time_rows(tokens: list, keep: float, repeat: int, runner: ModelRunner) -> list[dict]:
     """One thread per engine (TVM_NUM_THREADS=1 in this process), best thread CPU time of `repeat`."""
     rows = []
     for n in tokens:
         ids, _ = _token_ids(runner, n)
         engines = {"ONNX Runtime (1 thread)": _ort_session(export_onnx(n), threads=1)}
         for name, pipeline in (("TVM dense", sat.lowering()), (f"TVM shadowAttn (keep {keep})", sat.pipeline(keep=keep))):
-            engines[name] = _compile(runner, params, n, pipeline)[0]
+            engines[name] = _compile(runner, n, pipeline)[0]
         best = {}
         for name, fn in engines.items():
             fn(ids)  # warm-up
@@ -279,17 +272,14 @@ def main(argv=None) -> int:
     parser.add_argument("--cpu-time", action="store_true", help="also time one-thread engines by thread CPU time")
     parser.add_argument("--cpu-time-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    import tvm
-
-    runner = LlamaRunner(resolve_model("smollm2"))
-    params = {name: tvm.runtime.tensor(value) for name, value in runner.weights().items()}
+    runner = runner_for("smollm2")
     if args.cpu_time_child:  # the parent set one thread for TVM and reads the last line
-        print(json.dumps(cpu_time_rows(args.tokens, args.keep, args.repeat, runner, params)))
+        print(json.dumps(cpu_time_rows(args.tokens, args.keep, args.repeat, runner)))
         return 0
     rows, load = [], [os.getloadavg()[0]]
     for n in args.tokens:
         print(f"prefill {n} tokens", flush=True)
-        rows += bench(n, args.keep, args.repeat, runner, params)
+        rows += bench(n, args.keep, args.repeat, runner)
         load.append(os.getloadavg()[0])
     print(f"\nSmolLM2-135M-Instruct prefill, fp32, batch 1, {rows[0]['text']}; host CPU, {os.cpu_count()} cores "
           f"visible, {THREADS} threads per engine, 1-min load average {min(load):.1f}-{max(load):.1f} during the run; "

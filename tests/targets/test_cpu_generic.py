@@ -85,12 +85,10 @@ def test_large_matmul_is_packed_register_blocked_and_parallel():
 
 
 def test_every_matmul_of_a_llama_gets_the_register_blocked_rule(tmp_path):
-    from shadowattn_tvm.frontend import load_gguf
-    from shadowattn_tvm.frontend.model import LlamaRunner
+    from shadowattn_tvm.frontend.source import open_model
     from shadowattn_tvm.testing import tiny_llama
 
-    tiny_llama.write_tiny_gguf(tmp_path / "tiny.gguf")
-    mod, _ = LlamaRunner(load_gguf(tmp_path / "tiny.gguf")).export(40)
+    mod = open_model(tiny_llama.tiny_gguf_path(tmp_path)).export(40).mod
     with HOST:
         fused = tvm.transform.Sequential(legalize_stages(HOST))(mod)
     matmuls = {gv.name_hint: f for gv, f in fused.functions.items()
