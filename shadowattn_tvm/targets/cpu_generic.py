@@ -10,7 +10,7 @@ for a matmul here). The matmul rule is a BLAS-style kernel written as a TIR sche
       acc[mr, nr] = 0 in registers; for k: acc += A[i, k] (broadcast) * Bp[k, :] (vector FMAs)
       write acc back through the fused epilogue (residual add, SwiGLU product, scale + mask)
 
-The register block comes from the target (`VectorISA`: lanes and vector registers; AVX2 4x24,
+The register block comes from the target (`CoreShape`: lanes and vector registers; AVX2 4x24,
 AVX-512 4x96, NEON 4x24 for SmolLM2's shapes) and the shape: the largest block that fits the
 register file and divides the shape, so the hot loop has no tail predicates. Odd or symbolic
 shapes keep the structure with narrower vectors or predicated tails; a block the rule cannot
@@ -26,8 +26,8 @@ import os
 from dataclasses import dataclass
 
 from .._compat import Schedule, tirx, tvm
+from ..ops._isa import host_isa, isa_of
 from . import cpu_fast_math as fast_math
-from .lanes import is_aarch64
 
 _SPATIAL, _REDUCE = 0, 2  # IterVar.iter_type values
 _L2_PANEL_BYTES = 256 * 1024  # packed B tile (K x Nc): half a 512 KiB L2
@@ -36,31 +36,21 @@ _TASK_ROWS = 512  # rows per task: each task packs its B tile once, so tall task
 
 
 @dataclass(frozen=True)
-class VectorISA:
-    """What a CPU target gives a float32 micro-kernel."""
+class CoreShape:
+    """What a CPU target gives a float32 micro-kernel: the vector ISA (`ops._isa`) and its cores."""
 
     lanes: int  # float32 lanes per vector register
     registers: int  # architectural vector registers
     threads: int  # cores the parallel loops are split over
 
     @staticmethod
-    def of(target=None) -> "VectorISA":
+    def of(target=None) -> "CoreShape":
         """From `target` (default: the current one; none at all: this host's CPU)."""
         target = target if target is not None else tvm.target.Target.current(allow_none=True)
-        if target is None:
-            target = tvm.target.Target({"kind": "llvm", "mcpu": str(tvm.target.codegen.llvm_get_system_cpu())})
-        cores = target.attrs.get("num-cores")
+        isa = isa_of(target) if target is not None else host_isa()
+        cores = target.attrs.get("num-cores") if target is not None else None
         threads = int(cores) if cores is not None and int(cores) > 0 else (os.cpu_count() or 1)
-        if target.kind.name != "llvm":
-            return VectorISA(4, 16, threads)
-        if is_aarch64(target):
-            return VectorISA(4, 32, threads)  # NEON: 32 x 128-bit registers
-        has = tvm.target.codegen.llvm_cpu_has_features
-        if has(["avx512f"], target):
-            return VectorISA(16, 32, threads)
-        if has(["avx"], target):
-            return VectorISA(8, 16, threads)
-        return VectorISA(4, 16, threads)  # SSE2 baseline and unknown targets
+        return CoreShape(isa.lanes(), isa.registers, threads)
 
 
 @dataclass(frozen=True)
@@ -88,7 +78,7 @@ def _largest_divisor(n: int, bound: int) -> int:
     return max(d for d in range(1, max(1, min(n, bound)) + 1) if n % d == 0)
 
 
-def plan_matmul(m: int | None, n: int | None, k: int | None, batch: int | None, isa: VectorISA) -> MatmulPlan:
+def plan_matmul(m: int | None, n: int | None, k: int | None, batch: int | None, isa: CoreShape) -> MatmulPlan:
     """Pick the register block and the task tiles for an (m x k) @ (k x n) matmul."""
     lanes = isa.lanes
     if n is not None and n % lanes:
@@ -191,7 +181,7 @@ def _pack_layout(ndim: int, kax: int, jax: int, nr: int):
     return index_map
 
 
-def schedule_matmul(sch, block, isa: VectorISA, plan: MatmulPlan | None = None, pack: bool = True) -> None:
+def schedule_matmul(sch, block, isa: CoreShape, plan: MatmulPlan | None = None, pack: bool = True) -> None:
     """The register-blocked, packed, parallel matmul described in the module docstring
     (`pack=False`: B read in place, the fallback when packing cannot be expressed)."""
     *batch, i, j, k = sch.get_loops(block)
@@ -257,7 +247,7 @@ def _vectorize_inner(sch, block, lanes: int) -> None:
     sch.vectorize(vec)
 
 
-def schedule_outer_parallel(sch, block, isa: VectorISA | None = None) -> None:
+def schedule_outer_parallel(sch, block, isa: CoreShape | None = None) -> None:
     """Fuse the leading spatial loops of a block and run them in parallel; vectorise the row."""
     loops = sch.get_loops(block)
     types = _iter_types(sch, block)
@@ -275,7 +265,7 @@ def schedule_outer_parallel(sch, block, isa: VectorISA | None = None) -> None:
         _vectorize_row(sch, block, isa.lanes)  # (a select per lane, as in RoPE, is faster scalar)
 
 
-def schedule_rows(sch, names: list[str], isa: VectorISA) -> None:
+def schedule_rows(sch, names: list[str], isa: CoreShape) -> None:
     """Blocks that work row by row (softmax, rms_norm: reductions and elementwise steps over the
     last axis): one parallel loop over the rows of the last block, every other block computed
     per row inside it (the row stays in L1), each row loop vectorised; a reduction over the row
@@ -376,7 +366,7 @@ def schedule_default(func, target=None):
     """Schedule an unscheduled PrimFunc for `target` (default: the current target): matmuls and
     their epilogues, row-wise kernels, then the rest block by block; what no rule can schedule
     stays as it is. exp and sigmoid become vectorisable arithmetic first (`cpu_fast_math`)."""
-    isa = VectorISA.of(target)
+    isa = CoreShape.of(target)
     sch = _attempt(Schedule(func), _inline_cheap_producers)
     sch = _attempt(sch, fast_math.use_fast_exp)  # after inlining: a fast exp is not cheap to recompute
     names = _root_block_names(sch)

@@ -12,7 +12,7 @@ import tvm
 from shadowattn_tvm._compat import R, T, relax, te, tirx
 from shadowattn_tvm.passes.lowering import cpu_stages, legalize_stages
 from shadowattn_tvm.targets import cpu_fast_math, get
-from shadowattn_tvm.targets.cpu_generic import VectorISA, plan_matmul, schedule_default
+from shadowattn_tvm.targets.cpu_generic import CoreShape, plan_matmul, schedule_default
 
 HOST = get("host").cpu
 NEON = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]})
@@ -183,7 +183,7 @@ def test_fast_exp_is_within_two_ulp_of_numpy():
 
 @pytest.mark.parametrize("target,lanes,registers", [(AVX2, 8, 16), (AVX512, 16, 32), (NEON, 4, 32)])
 def test_vector_isa_comes_from_the_target(target, lanes, registers):
-    isa = VectorISA.of(target)
+    isa = CoreShape.of(target)
     assert (isa.lanes, isa.registers) == (lanes, registers)
     plan = plan_matmul(512, 1536, 576, 1, isa)
     assert plan.lanes == lanes and 512 % plan.mr == 0 and 1536 % plan.nr == 0
@@ -192,7 +192,7 @@ def test_vector_isa_comes_from_the_target(target, lanes, registers):
 
 
 def test_plan_balances_tasks_over_the_cores():
-    isa = VectorISA(lanes=8, registers=16, threads=2)
+    isa = CoreShape(lanes=8, registers=16, threads=2)
     for m, n, k, batch in ((512, 576, 576, 1), (2048, 192, 576, 1), (512, 64, 512, 9), (512, 512, 64, 9)):
         plan = plan_matmul(m, n, k, batch, isa)
         tasks = batch * (m // plan.mr // plan.rows) * (n // plan.nr // plan.cols)
