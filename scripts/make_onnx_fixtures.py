@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from shadowattn_tvm.testing import tiny_models  # noqa: E402 - the decoder families' configs
+from shadowattn_tvm.settings import cache_dir, cache_lock  # noqa: E402
 
 VERSION = 2  # bump when the fixtures change meaning
 EXAMPLE_LEN = 8  # tokens of the export example
@@ -181,7 +182,6 @@ def cache_key() -> str:
 
 
 def default_dir() -> Path:
-    from shadowattn_tvm.settings import cache_dir
 
     return cache_dir() / "onnx-fixtures" / cache_key()
 
@@ -213,7 +213,8 @@ def make_fixtures(out_dir: Path | None = None, names=None, force: bool = False) 
     unknown = sorted(set(names) - set(SPECS))
     if unknown:
         raise ValueError(f"unknown fixtures {unknown}; known: {', '.join(SPECS)}")
-    return {n: make_fixture(SPECS[n], out_dir, force) for n in names}
+    with cache_lock("onnx-fixtures"):  # parallel test workers export each fixture once
+        return {n: make_fixture(SPECS[n], out_dir, force) for n in names}
 
 
 def main(argv=None) -> int:

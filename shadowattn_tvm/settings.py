@@ -6,6 +6,8 @@ Read a setting with ``settings.CACHE_DIR.get()``: values are looked up at call t
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +82,18 @@ def default_threads() -> None:
 def cache_dir() -> Path:
     """The cache root (``SHADOWATTN_CACHE``, default ``~/.cache/shadowattn``); not created here."""
     return CACHE_DIR.get()
+
+
+@contextlib.contextmanager
+def cache_lock(name: str):
+    """Hold the exclusive lock ``cache_dir()/locks/<name>.lock``: a first-use download or install
+    runs once when several processes need it at the same time (two terminals, parallel test
+    workers); the others wait, then find it done."""
+    path = cache_dir() / "locks" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def describe() -> str:

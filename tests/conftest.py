@@ -1,6 +1,8 @@
 """Shared helpers: compile a Relax module for the host and run its `main`."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import tvm
@@ -9,6 +11,14 @@ from tvm import relax
 from shadowattn_tvm import targets
 
 HOST = targets.get("host").cpu
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (the default run: ``-n 2`` in pyproject.toml) each worker process gets
+    one TVM thread, so two workers on two cores do not spin each other's thread pools; the first
+    kernel starts the pool, after this."""
+    if hasattr(config, "workerinput"):
+        os.environ["TVM_NUM_THREADS"] = "1"
 
 
 def pytest_addoption(parser):

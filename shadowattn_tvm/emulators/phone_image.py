@@ -16,7 +16,6 @@ Why each odd step (see ../shared/notes/EMULATED_TARGETS.md):
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import importlib.metadata
 import json
@@ -226,9 +225,8 @@ def prepare(image: PhoneImage | None = None, *, force: bool = False, log=print) 
     """Build (or reuse) the emulated phone's userland; returns the ready image."""
     image = image or default_image()
     ensure_tools(("qemu-aarch64",), log=log)
-    image.root.mkdir(parents=True, exist_ok=True)
-    with open(image.root / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # two preparers (a user's setup, a test run) must not interleave
+    with settings.cache_lock("phone-image"):  # two preparers (a user's setup, a test run) must not interleave
+        image.root.mkdir(parents=True, exist_ok=True)
         if image.is_ready() and not force:
             _write_launcher(image)  # cheap, and follows qemu if it moved
             return image

@@ -11,6 +11,8 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
+from ..settings import cache_lock
+
 
 class ToolchainError(RuntimeError):
     """A required host tool is missing and could not be installed."""
@@ -56,7 +58,8 @@ def apt_install(packages, *, log=print) -> None:
         ["apt-get", *lock, "install", "-y", "-qq", "--no-install-recommends", *packages]]
     for cmd in steps:
         log(f"[toolchain] {' '.join(cmd)}")
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        with cache_lock("apt"):  # apt-get update takes its lists lock without waiting
+            result = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if result.returncode != 0:
             tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
             raise ToolchainError(f"`{' '.join(cmd)}` failed: {' | '.join(tail)}")

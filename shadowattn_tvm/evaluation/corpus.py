@@ -13,7 +13,7 @@ import warnings
 import zlib
 from pathlib import Path
 
-from ..settings import cache_dir
+from ..settings import cache_dir, cache_lock
 
 AUSTEN_NOVELS = ("emma", "mansfieldpark", "northangerabbey", "persuasion", "prideprejudice", "sensesensibility")
 
@@ -22,6 +22,11 @@ def _debian_package(name: str) -> Path:
     root = cache_dir() / "debian" / name
     if root.exists():
         return root
+    with cache_lock(f"debian-{name}"):
+        return root if root.exists() else _fetch_package(name, root)
+
+
+def _fetch_package(name: str, root: Path) -> Path:
     work = root.with_suffix(".part")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)

