@@ -5,6 +5,8 @@ scores), top-k (per head, masked, group) and sparse attention (per head, group).
 tests/ops/test_kernels_neon.py checks the assembly is NEON; tests/ops/test_kernels.py runs the
 NEON configuration's loop structure on the host. This file runs the aarch64 code itself.
 """
+import gc
+
 import numpy as np
 import pytest
 import tvm
@@ -24,27 +26,33 @@ MASKED = AttentionBlock(0, 6, 2, 64, CausalMode.NONE, 0.125, "float32", has_mask
 SQ, SKV = 37, 77  # vector tails everywhere
 
 
-@pytest.fixture(scope="module")
-def device(emulated_phone, tmp_path_factory):
-    session = open_session(Endpoint(emulated_phone.host, emulated_phone.tracker_port, emulated_phone.key))
-    work = tmp_path_factory.mktemp("kernels")
+@pytest.fixture
+def device(emulated_phone, tmp_path):
+    endpoint = Endpoint(emulated_phone.host, emulated_phone.tracker_port, emulated_phone.key)
 
     def run(func, *arrays, out_shape, out_dtype):
-        """Build `func` for the phone's CPU, upload it, run it on RPC tensors, return the output."""
+        """Build `func` for the phone's CPU, upload it, run it on RPC tensors, return the output.
+        The session lives for this call only: a held session keeps the phone busy for other tests."""
         with DEVICE.cpu:
             assert _isa.current_isa().name == "neon"
             func = func() if callable(func) else func
         lib = tvm.compile(func.with_attr("global_symbol", "main"), target=DEVICE.cpu)
-        path = work / f"k{len(list(work.iterdir()))}.so"
+        path = tmp_path / f"k{len(list(tmp_path.iterdir()))}.so"
         lib.export_library(str(path), fcompile=fcompile(DEVICE))
-        session.upload(str(path))
-        kernel = session.load_module(path.name)["main"]
-        dev = session.cpu()
-        out = tvm.runtime.tensor(np.zeros(out_shape, out_dtype), dev)
-        kernel(*[tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in arrays], out)
-        return out.numpy()
+        result = _on_phone(endpoint, path, arrays, out_shape, out_dtype)
+        gc.collect()  # the session closes when its last reference dies (TVM objects sit in cycles): phone freed
+        return result
 
     return run
+
+
+def _on_phone(endpoint, path, arrays, out_shape, out_dtype):
+    session = open_session(endpoint)
+    session.upload(str(path))
+    dev = session.cpu()
+    out = tvm.runtime.tensor(np.zeros(out_shape, out_dtype), dev)
+    session.load_module(path.name)["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in arrays], out)
+    return out.numpy()
 
 
 @pytest.fixture
