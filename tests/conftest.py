@@ -22,7 +22,7 @@ def pytest_configure(config):
 
 
 def pytest_addoption(parser):
-    parser.addoption("--fuzz-count", type=int, default=50, help="random attention graphs the fuzz test draws")
+    parser.addoption("--fuzz-count", type=int, default=30, help="random attention graphs the fuzz test draws")
     parser.addoption("--fuzz-seed", type=int, default=0, help="first seed of the fuzz test's graphs")
 
 
