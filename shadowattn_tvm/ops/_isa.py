@@ -116,29 +116,26 @@ def row_sums(vectors, lanes: int):
     return groups[0] if len(groups) == 1 else tirx.Shuffle(groups, list(range(4 * len(groups))))
 
 
-def vmax_all(x, lanes: int):
-    """max over the lanes of x (a scalar)."""
+def _fold(x, lanes: int, combine):
+    """Halve x's lanes with `combine` until one is left."""
     width = lanes
     while width > 1:
         width //= 2
-        x = tirx.max(lanes_of(x, 0, width), lanes_of(x, width, width))
+        x = combine(lanes_of(x, 0, width), lanes_of(x, width, width))
     return x
+
+
+def vmax_all(x, lanes: int):
+    """max over the lanes of x (a scalar)."""
+    return _fold(x, lanes, tirx.max)
 
 
 def vmin_all(x, lanes: int):
-    width = lanes
-    while width > 1:
-        width //= 2
-        x = tirx.min(lanes_of(x, 0, width), lanes_of(x, width, width))
-    return x
+    return _fold(x, lanes, tirx.min)
 
 
 def vsum_all(x, lanes: int):
-    width = lanes
-    while width > 1:
-        width //= 2
-        x = lanes_of(x, 0, width) + lanes_of(x, width, width)
-    return x
+    return _fold(x, lanes, lambda a, b: a + b)
 
 
 def exp_neg(x):

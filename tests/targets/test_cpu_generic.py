@@ -12,7 +12,8 @@ import tvm
 from shadowattn_tvm._compat import R, T, relax, te, tirx
 from shadowattn_tvm.passes.lowering import cpu_stages, legalize_stages
 from shadowattn_tvm.targets import cpu_fast_math, get
-from shadowattn_tvm.targets.cpu_generic import CoreShape, plan_matmul, schedule_default
+from shadowattn_tvm.targets.cpu_generic import schedule_default
+from shadowattn_tvm.targets.cpu_matmul_plan import CoreShape, plan_matmul
 
 HOST = get("host").cpu
 NEON = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]})
