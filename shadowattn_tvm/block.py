@@ -57,6 +57,12 @@ class AttentionBlock:
     def group(self) -> int:
         return self.num_heads // self.num_kv_heads
 
+    def kv_heads(self) -> list:
+        """The KV head each query head reads, by query head."""
+        if self.kv_map == KVMap.TILE:
+            return [h % self.num_kv_heads for h in range(self.num_heads)]
+        return [h // self.group for h in range(self.num_heads)]
+
     def to_attrs(self) -> dict:
         attrs = asdict(self)
         attrs["causal"] = self.causal.value

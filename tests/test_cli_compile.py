@@ -12,6 +12,15 @@ def test_compile_default_for_host(tmp_path, capsys):
     assert line.startswith("built default for host") and "1/1 attention blocks rewritten" in line
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"]["tokens"] == 32 and manifest["pipeline"]["keep"] == 0.3
+    assert "selection" not in manifest["pipeline"]  # per head, as builds before the option
+
+
+def test_compile_with_group_selection_records_it(tmp_path, capsys):
+    out = tmp_path / "build"
+    assert main(["compile", "--device", "host", "-o", str(out), "--tokens", "32", "--selection", "group", "--quiet"]) == 0
+    assert "1/1 attention blocks rewritten" in capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["pipeline"]["selection"] == "group"
 
 
 def test_compile_for_a_phone_writes_the_adreno_opencl_kernels(tmp_path, capsys):
@@ -41,6 +50,8 @@ def test_compile_for_a_phone_writes_the_adreno_opencl_kernels(tmp_path, capsys):
     (["compile", "--device", "host", "-o", "X", "--generate"], "'default' is an attention block: generation builds"),
     (["compile", "--device", "host", "-o", "X", "--generate", "--tokens", "32", "--capacity", "32"],
      "leaves no room to generate"),
+    (["compile", "--device", "snapdragon-8gen3", "-o", "X", "--selection", "group"],
+     "selection='group' is a CPU-lane mode: builds with an NPU lane select keys per head"),
 ])
 def test_compile_rejects(tmp_path, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)

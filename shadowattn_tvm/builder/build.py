@@ -65,7 +65,8 @@ def compile_to_dir(device: str | DeviceProfile, out_dir: str | Path, *, model: "
                    tokens: int = DEFAULT_TOKENS, keep: float | None = 0.2, k_min: int = 16,
                    profile: SparsityProfile | None = None,
                    writers: tuple = DEFAULT_WRITERS, tune_logs: str | Path | None = None,
-                   capacity: int | None = None, prompt: str | None = None, log=print) -> BuildResult:
+                   capacity: int | None = None, prompt: str | None = None, selection: str = "head",
+                   log=print) -> BuildResult:
     """Compile `model` at `tokens` for `device` (a profile name, file or `DeviceProfile`) into `out_dir`.
 
     model: `default`, `smollm2`, a .gguf or .onnx path (`models.get_model`, exported at `tokens`), or
@@ -74,7 +75,7 @@ def compile_to_dir(device: str | DeviceProfile, out_dir: str | Path, *, model: "
     capacity: a generation build (smollm2 or a .gguf): prefill of `tokens` into a KV cache of
     `capacity` rows and a decode step (`models.source_build`); `prompt` is its reference prompt.
 
-    keep/k_min/profile are the shadowAttn pipeline's (`sat.pipeline`); the result's ``report`` lists
+    keep/k_min/profile/selection are the shadowAttn pipeline's (`sat.pipeline`); the result's ``report`` lists
     the attention candidates (read from the compiled IR). `tune_logs`: a MetaSchedule database
     (`shadowattn tune`) whose records schedule the kernels they beat (`passes.ApplyTuningDatabase`).
     Raises ValueError for unknown models/devices/options or unusable tune logs, BuildDirError if
@@ -86,7 +87,7 @@ def compile_to_dir(device: str | DeviceProfile, out_dir: str | Path, *, model: "
     device = get_device(device)
     built = model if isinstance(model, ModelBuild) else get_model(model, tokens, capacity=capacity, prompt=prompt)
     options = BuildOptions(keep=keep if profile is None else None, k_min=k_min, profile=profile,
-                           tune_logs=None if tune_logs is None else str(tune_logs))
+                           tune_logs=None if tune_logs is None else str(tune_logs), selection=selection)
     out_dir = Path(out_dir).expanduser().absolute()
     with staging(out_dir) as tmp:
         npu = npu_lane.npu_options(built, options, tokens) if device.npu is not None else None

@@ -9,6 +9,7 @@ from ..calibrate.profile import SparsityProfile, check_keep
 from ..npu.options import NPUOptions
 from ..ir_attrs import tuning_choices
 from ..passes import lowering, pipeline
+from ..passes.split_sparse_attention import check_selection
 from ..tuning.database import TuneLogsError, TuningDatabase
 
 
@@ -18,6 +19,7 @@ class BuildOptions:
     k_min: int = 16
     profile: SparsityProfile | None = None
     tune_logs: str | None = None  # MetaSchedule database directory (`shadowattn tune`); None: shipped kernels
+    selection: str = "head"  # "group": one top-k per KV head (CPU lane only, `pipeline(selection=...)`)
 
     def __post_init__(self):
         if self.keep is None and self.profile is None:
@@ -26,12 +28,15 @@ class BuildOptions:
             check_keep(self.keep)
         if self.k_min < 1:
             raise ValueError(f"k_min must be >= 1, got {self.k_min}")
+        check_selection(self.selection)
 
     def to_json(self) -> dict:
         data = {"keep": self.keep, "k_min": self.k_min,
                 "profile": None if self.profile is None else self.profile.to_json()}
         if self.tune_logs is not None:  # absent key: a build without a database (older manifests too)
             data["tune_logs"] = self.tune_logs
+        if self.selection != "head":  # absent key: per-head selection (older manifests too)
+            data["selection"] = self.selection
         return data
 
     @classmethod
@@ -39,7 +44,7 @@ class BuildOptions:
         profile = data.get("profile")
         return cls(keep=data.get("keep"), k_min=int(data.get("k_min", 16)),
                    profile=None if profile is None else SparsityProfile.from_json(profile),
-                   tune_logs=data.get("tune_logs"))
+                   tune_logs=data.get("tune_logs"), selection=data.get("selection", "head"))
 
     def database(self) -> TuningDatabase | None:
         """The checked tuning database, or None; TuneLogsError (a ValueError) names the fix."""
@@ -49,7 +54,8 @@ class BuildOptions:
                        lower: bool = True):
         keep = None if self.profile is not None and self.profile.layers else self.keep
         database = database if database is not None else self.database()
-        return pipeline(keep=keep, profile=self.profile, k_min=self.k_min, tune_logs=database, npu=npu, lower=lower)
+        return pipeline(keep=keep, profile=self.profile, k_min=self.k_min, tune_logs=database, npu=npu, lower=lower,
+                        selection=self.selection)
 
 
 def default_tune_logs(device_name: str) -> str | None:

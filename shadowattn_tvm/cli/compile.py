@@ -29,6 +29,9 @@ def add_parser(sub) -> None:
                        help="MetaSchedule database from `shadowattn tune` (default: tune_logs/<device> if it exists); "
                             "its records schedule the kernels where they beat the shipped kernels")
     tuned.add_argument("--no-tune-logs", action="store_true", help="ignore tune_logs/<device>: shipped kernels only")
+    p.add_argument("--selection", choices=("head", "group"), default="head",
+                   help="top-k per query head (default) or one per KV head shared by its query heads (group: "
+                        "fewer gathers; host builds only, phones with an NPU select per head)")
     p.add_argument("--generate", action="store_true",
                    help="a generation build (smollm2 or a .gguf): prefill of --tokens prompt tokens into a KV cache, "
                         "then a decode step; deploy verifies greedy tokens from a reference prompt")
@@ -62,7 +65,7 @@ def run(args) -> int:
             tune_logs = default_tune_logs(get_device(args.device).name)
         result = compile_to_dir(args.device, args.output, model=args.model, tokens=args.tokens, keep=args.keep,
                                 k_min=k_min, profile=profile, tune_logs=tune_logs, capacity=capacity,
-                                prompt=args.prompt,
+                                prompt=args.prompt, selection=args.selection,
                                 log=(lambda _msg: None) if args.quiet else print)
     except (ValueError, ProfileError, BuildDirError, ToolchainError, OSError) as err:
         raise SystemExit(f"shadowattn compile: error: {err}") from None

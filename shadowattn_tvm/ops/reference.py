@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..block import MASKED_BELOW, AttentionBlock, CausalMode, KVMap, keep_count
+from ..block import MASKED_BELOW, AttentionBlock, CausalMode, keep_count
 from .pilot import score_shift
 
 
 def kv_index(block: AttentionBlock) -> np.ndarray:
-    heads = np.arange(block.num_heads)
-    if block.kv_map == KVMap.TILE:
-        return heads % block.num_kv_heads
-    return heads // block.group
+    return np.asarray(block.kv_heads(), np.int64)
 
 
 def absmax_scale(x: np.ndarray) -> np.ndarray:
@@ -140,6 +137,8 @@ def topk_group_indices(scores, ratios, block, k_min, top_k, q_scale, k_scale, ma
     kvh = kv_index(block)
     deq = (q_scale * k_scale[kvh] * np.float32(block.scale)).astype(np.float32)
     vis = visible(block, sq, skv)[0, 0]
+    if mask is not None:
+        mask = np.broadcast_to(mask, mask.shape[:2] + (sq, skv))
     out = np.full((b, block.num_kv_heads, sq, top_k), -1, np.int32)
     for bb in range(b):
         for kv in range(block.num_kv_heads):

@@ -33,7 +33,7 @@ from .bucket_pilot import BucketPilot
 from .detect_attention import DetectAttention
 from .lowering import lowering
 from .pipeline_heads import PipelineHeads
-from .split_sparse_attention import SplitSparseAttention
+from .split_sparse_attention import SplitSparseAttention, check_selection
 from .use_tunable_kernels import UseTunableKernels
 
 
@@ -61,6 +61,7 @@ def pipeline(
     npu: NPUOptions | None = None,
     tune_logs: TuningDatabase | str | Path | None = None,
     verify: bool = False,
+    selection: str = "head",
 ) -> tvm.transform.Pass:
     """Build the shadowAttn pass set for `device`.
 
@@ -83,6 +84,9 @@ def pipeline(
         `ir_attrs.npu_graphs` of the ``lower=False`` output).
     tune_logs: a MetaSchedule database directory (`shadowattn tune`) or `TuningDatabase`: tuned
         kernels replace shipped ones where their records are faster (see the module docstring).
+    selection: "head" (the paper's: a top-k per query head and row) or "group" (one top-k per KV head
+        and row, shared by the group's query heads; CPU lane only, so not with an NPU: see
+        `SplitSparseAttention`).
     verify: check the IR is well formed (`relax.analysis.check_well_formed`) after every phase (from
         phase 0's normalized form on); an ill-formed module raises RuntimeError naming the phase.
     """
@@ -98,10 +102,13 @@ def pipeline(
     scale_mode = None if scale_mode is None else ScaleMode(scale_mode)
     if npu is None and device is not None and get_device(device).npu is not None:
         npu = NPUOptions(costs=DeviceCostModel(keep=profile.keep))
+    if check_selection(selection) == "group" and npu is not None:
+        raise ValueError("selection='group' is a CPU-lane mode: builds with an NPU lane select keys per head; "
+                         "use selection='head' for this device, or compile for the host")
     phases = [
         ("0_canonicalize", tvm.transform.Sequential([relax.transform.Normalize(), relax.transform.FoldConstant()])),
         ("1_detect", DetectAttention()),
-        ("2_split", SplitSparseAttention(profile, k_min=k_min, scale_mode=scale_mode)),
+        ("2_split", SplitSparseAttention(profile, k_min=k_min, scale_mode=scale_mode, selection=selection)),
     ]
     if npu is not None:
         phases += [("3_bucket", BucketPilot(npu, profile, k_min=k_min)), ("4_pipeline", PipelineHeads(npu.costs))]

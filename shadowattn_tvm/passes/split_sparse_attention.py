@@ -10,6 +10,12 @@ Phase 2 of the shadowAttn pipeline; runs after `DetectAttention`. For every call
   of the V visible keys, with r_h the head's keep ratio from the profile and Skv the KV length;
 * a sparse-attention ``call_tir`` gathering those K/V rows.
 
+``selection="group"`` (CPU lane) keeps one selection per KV head and query row instead, shared by
+the query heads of the KV group (`ops.topk_group`: a key's rank is the best of the group's heads,
+each relative to its own row maximum; the group keeps k by the mean of its heads' ratios), so the
+sparse kernel gathers each K/V row once for the whole group. Blocks without grouped heads or
+without the hand-written kernel's static head dims keep per-head selection.
+
 Kernels come from `ops/` and are scheduled by the current target's lane (`targets.lanes`). The dense
 composite is dropped when unused, so running the pass twice changes nothing.
 """
@@ -24,6 +30,7 @@ from ..ops import pilot as pilot_ops
 from ..ops import quantize as quant_ops
 from ..ops import sparse_attention as sparse_ops
 from ..ops import topk as topk_ops
+from ..ops import topk_group as topk_group_ops
 from ..targets.lanes import lane_for
 from .detect_attention import COMPOSITE_KIND
 from ..ir_attrs import SplitBlock, attention_report, split_blocks, with_report, with_split_blocks
@@ -36,11 +43,13 @@ PILOT_KIND = "pilot"
 class SplitSparseAttention:
     """Replace attention composites by the pilot / top-k / sparse triple."""
 
-    def __init__(self, profile: SparsityProfile, k_min: int = 16, scale_mode: ScaleMode | None = None):
+    def __init__(self, profile: SparsityProfile, k_min: int = 16, scale_mode: ScaleMode | None = None,
+                 selection: str = "head"):
         if not isinstance(profile, SparsityProfile):
             raise TypeError(f"profile must be a SparsityProfile, got {type(profile).__name__}")
         self.profile, self.k_min = profile, check_k_min(k_min)
         self.scale_mode = None if scale_mode is None else ScaleMode(scale_mode)
+        self.selection = check_selection(selection)
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         composites = {gv for gv, f in mod.functions.items() if _kind(f) == COMPOSITE_KIND}
@@ -66,6 +75,15 @@ class SplitSparseAttention:
                 "profile has none: calibrate a profile, or use scale_mode='dynamic'"
             )
         return layer.ratios, layer.q_scales, layer.k_scales, mode
+
+
+SELECTIONS = ("head", "group")
+
+
+def check_selection(selection: str) -> str:
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {', '.join(map(repr, SELECTIONS))}, got {selection!r}")
+    return selection
 
 
 def _kind(func):
@@ -117,9 +135,11 @@ class _Splitter(PyExprMutator):
                                           f"sat_pilot_{self.name}")
         pilot = self.builder_.emit(relax.Call(pilot_gv, [q, k]), name_hint="pilot")
         scores, q_scale, k_scale = (self.builder_.emit(relax.TupleGetItem(pilot, i)) for i in range(3))
-        idx = self.builder_.emit(self._topk(block, scores, ratios, q_scale, k_scale, mask), name_hint="topk_idx")
+        group = self.owner.selection == "group" and block.group > 1 and sparse_ops.has_fast_kernel(block.head_dim, v_dim)
+        topk = self._topk_group if group else self._topk
+        idx = self.builder_.emit(topk(block, scores, ratios, q_scale, k_scale, mask), name_hint="topk_idx")
         self.split.append(SplitBlock.of(block, *(x.ty for x in (q, k, v)), None if mask is None else mask.ty))
-        return self._sparse(block, q, k, v, idx, mask)
+        return self._sparse(block, q, k, v, idx, mask, group)
 
     def _add_kernel(self, func, name):
         """Add a PrimFunc once (structurally equal kernels are shared across layers)."""
@@ -170,11 +190,25 @@ class _Splitter(PyExprMutator):
         args = [scores, ratio] + ([q_scale, k_scale, mask] if mask is not None else [])
         return relax.call_tir(gv, args, relax.TensorType(shape[:3] + [top_k], "int32"))
 
-    def _sparse(self, block, q, k, v, idx, mask):
+    def _topk_group(self, block, scores, ratios, q_scale, k_scale, mask):
+        """One selection per KV head: idx [B,Hkv,Sq,K], budget by the mean ratio of the group's heads."""
+        shape = list(scores.ty.shape.values)
+        kv_of = np.asarray(block.kv_heads())
+        group_ratios = [float(np.mean(np.asarray(ratios)[kv_of == kv])) for kv in range(block.num_kv_heads)]
+        top_k = max_keep_count(max(group_ratios), _int_or_expr(shape[3]), self.owner.k_min)
+        mask_shape = None if mask is None else list(mask.ty.shape.values)
+        func = topk_group_ops.topk_group_indices(block, self.owner.k_min, mask_shape)
+        gv = self._add_kernel(func, "sat_topk_group_masked" if mask is not None else "sat_topk_group")
+        args = [scores, relax.const(np.asarray(group_ratios, "float64"), "float64"), q_scale, k_scale]
+        args += [mask] if mask is not None else []
+        return relax.call_tir(gv, args, relax.TensorType([shape[0], block.num_kv_heads, shape[2], top_k], "int32"))
+
+    def _sparse(self, block, q, k, v, idx, mask, group: bool = False):
         q_shape, k_shape, v_shape = (list(x.ty.shape.values) for x in (q, k, v))
         top_k = idx.ty.shape.values[3]
         mask_shape = None if mask is None else list(mask.ty.shape.values)
-        func = sparse_ops.sparse_attention(block, q_shape, k_shape[2], v_shape[3], top_k, mask_shape)
+        make = sparse_ops.sparse_attention_group if group else sparse_ops.sparse_attention
+        func = make(block, q_shape, k_shape[2], v_shape[3], top_k, mask_shape)
         gv = self._add_kernel(self.sched.schedule_sparse_attention(func), "sat_sparse_attention")
         args = [q, k, v, idx] + ([mask] if mask is not None else [])
         return relax.call_tir(gv, args, relax.TensorType(q_shape[:3] + [v_shape[3]], block.dtype))

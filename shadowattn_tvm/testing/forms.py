@@ -182,15 +182,24 @@ def dense_reference(spec: AttentionSpec, inputs) -> np.ndarray:
     return reference.dense_attention(q, k, v, block, mask).transpose(0, 2, 1, 3)
 
 
-def sparse_reference(spec: AttentionSpec, inputs, ratios, k_min: int, q_scales=None, k_scales=None):
+def sparse_reference(spec: AttentionSpec, inputs, ratios, k_min: int, q_scales=None, k_scales=None,
+                     selection: str = "head"):
     """What the shadowAttn build must output: numpy pilot (same int8 scores) -> top-k -> sparse.
 
-    Returns (output [B,Sq,H,D], indices [B,H,Sq,K], int32 scores). Dynamic scales unless given.
+    Returns (output [B,Sq,H,D], indices [B,H,Sq,K] (group selection: [B,Hkv,Sq,K]), int32 scores).
+    Dynamic scales unless given. Group selection keeps by the mean ratio of each KV group's heads.
     """
     block, q, k, v, mask = _canonical(spec, inputs)
     qs = reference.absmax_scale(q) if q_scales is None else np.asarray(q_scales, np.float32)
     ks = reference.absmax_scale(k) if k_scales is None else np.asarray(k_scales, np.float32)
     scores = reference.pilot_scores(reference.quantize(q, qs), reference.quantize(k, ks), block)
+    if selection == "group":
+        kv_of = reference.kv_index(block)
+        group_ratios = np.asarray([np.mean(np.asarray(ratios)[kv_of == kv]) for kv in range(block.num_kv_heads)])
+        top_k = max_keep_count(group_ratios.max(), k.shape[2], k_min)
+        idx = reference.topk_group_indices(scores, group_ratios, block, k_min, top_k, qs, ks, mask=mask)
+        out = reference.sparse_attention_group(q, k, v, idx, block, mask)
+        return out.transpose(0, 2, 1, 3), idx, scores
     top_k = max_keep_count(max(ratios), k.shape[2], k_min)
     idx = reference.topk_indices(scores, np.asarray(ratios, np.float64), block, k_min, top_k,
                                  mask=mask, q_scale=qs, k_scale=ks)

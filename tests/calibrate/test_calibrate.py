@@ -52,7 +52,7 @@ def test_importances_of_several_lengths_are_averaged(runner, profile):
 def test_accuracy_table_rows(runner, profile):
     rows = accuracy_table(runner, TEXT, profile, ctx=32, num_windows=2, keep=0.5, k_min=2, progress=False)
     names = [r.name for r in rows]
-    assert names[0] == "dense float" and len(rows) == 6
+    assert names[0] == "dense float" and len(rows) == 7
     dense = rows[0]
     assert dense.delta_pct == 0 and dense.kl == pytest.approx(0, abs=1e-9) and dense.top1 == 1
     assert all(np.isfinite(r.perplexity) and r.kl >= -1e-9 for r in rows)

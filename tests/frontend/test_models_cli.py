@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 TEXT = " ".join(["the cat sat on the mat and the dog ate the hat, then the bird sang."] * 60)
 ROWS = ["dense float", "INT8 dense attention (NPU-Full)", "block-sparse 64x64 keep 0.2", "shadowAttn uniform keep 0.2",
-        "shadowAttn per-head keep 0.2", "shadowAttn per-head keep 0.1"]  # the rows of SmolLM2's table
+        "shadowAttn per-head keep 0.2", "shadowAttn per-head keep 0.1", "shadowAttn group keep 0.2"]  # the rows of SmolLM2's table
 
 
 @pytest.fixture(scope="module")

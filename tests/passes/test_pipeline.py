@@ -50,6 +50,37 @@ def test_keep_below_one_equals_numpy_reference(spec):
     assert np.abs(out - dense).max() > 10 * _tol(spec), "keep 0.2 should differ from dense on random data"
 
 
+GROUP_FORMS = [
+    AttentionSpec(q_len=64, head_dim=32, gqa="expand"),
+    AttentionSpec(q_len=48, gqa="tile", mask="padding", batch=2, head_dim=32),
+    AttentionSpec(q_len=16, kv_len=80, mask="causal_where", heads=6, kv_heads=2, head_dim=16),
+]
+
+
+@pytest.mark.parametrize("spec", GROUP_FORMS, ids=_ids)
+def test_group_selection_equals_numpy_reference(spec):
+    ratios = [0.1, 0.3, 0.2, 0.4, 0.15, 0.25][:spec.heads]
+    profile = SparsityProfile(keep=0.2, layers=(LayerProfile(tuple(ratios)),))
+    inputs = random_inputs(spec, seed=7)
+    pipe = sat.pipeline(keep=None, profile=profile, k_min=4, selection="group", lower=False)
+    ir = pipe(attention_module(spec))
+    names = [gv.name_hint for gv in ir.functions]
+    assert any(n.startswith("sat_topk_group") for n in names) and not any(n in ("sat_topk", "sat_topk_masked") for n in names)
+    out = run_module(attention_module(spec), inputs, sat.pipeline(keep=None, profile=profile, k_min=4, selection="group"))
+    expected, idx, _ = sparse_reference(spec, inputs, ratios, k_min=4, selection="group")
+    assert idx.shape[1] == spec.kv_heads
+    np.testing.assert_allclose(out, expected, rtol=2e-5, atol=2e-5)
+    per_head, _, _ = sparse_reference(spec, inputs, ratios, k_min=4)
+    assert np.abs(out - per_head).max() > 1e-3, "group selection should differ from per-head selection here"
+
+
+def test_group_selection_is_refused_with_an_npu_and_unknown_selections():
+    with pytest.raises(ValueError, match="selection='group' is a CPU-lane mode"):
+        sat.pipeline(device="snapdragon-8gen3", selection="group")
+    with pytest.raises(ValueError, match="selection must be one of 'head', 'group'"):
+        sat.pipeline(selection="kv")
+
+
 def test_per_head_ratios_and_static_scales():
     spec = AttentionSpec(q_len=64, head_dim=32)
     ratios, qs, ks = (0.1, 0.3, 0.5, 1.0), (0.03, 0.02, 0.025, 0.04), (0.03, 0.035)
