@@ -21,8 +21,19 @@ def pytest_configure(config):
         os.environ["TVM_NUM_THREADS"] = "1"
 
 
+#: Session fixtures that start a phone (emulated or host RPC) or build for one: the tests using them
+#: run on one xdist worker (``--dist loadgroup``), so the suite starts each phone and build once.
+PHONE_FIXTURES = {"emulated_phone", "host_phone", "cross_toolchain", "phone_build", "host_build"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if PHONE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("phone"))
+
+
 def pytest_addoption(parser):
-    parser.addoption("--fuzz-count", type=int, default=30, help="random attention graphs the fuzz test draws")
+    parser.addoption("--fuzz-count", type=int, default=20, help="random attention graphs the fuzz test draws")
     parser.addoption("--fuzz-seed", type=int, default=0, help="first seed of the fuzz test's graphs")
 
 

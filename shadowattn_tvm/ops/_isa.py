@@ -138,6 +138,12 @@ def vsum_all(x, lanes: int):
     return _fold(x, lanes, lambda a, b: a + b)
 
 
+def prefetch(address):
+    """Prefetch the cache line at `address` (``T.address_of(buf[...])``) for reading, into L2."""
+    return tirx.call_llvm_intrin("void", "llvm.prefetch.p0", address, tirx.const(0, "int32"),
+                                 tirx.const(2, "int32"), tirx.const(1, "int32"))
+
+
 def exp_neg(x):
     """exp(x) for x <= 0 as vectorisable float32 arithmetic (LLVM would call scalar expf).
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from .._compat import T, tirx
 from ..block import CausalMode, KVMap
-from ._isa import bcast, exp_neg, pack, row_sums, vec, vmax_all, vmin_all, vsum_all
+from ._isa import bcast, exp_neg, pack, prefetch, row_sums, vec, vmax_all, vmin_all, vsum_all
 
 # Measured on the 2-core Zen 3 host (Qwen2 block, 1k-4k tokens): 128-key blocks (32 KB of K at d 64,
 # L1 + L2) and 56 pairs per tile (7 heads x 8 rows) beat 64/28 by 3-6 %; 32-key blocks lose 10-30 %.
@@ -217,7 +217,7 @@ def sparse_kernel(block, D: int, DV: int, mask_shape, isa, group_mode: bool = Fa
                 hkn = T.Bind((task + 1) // NT % kv_heads)
                 for pn in range(T.min(T.int64(R), SQ - i0n) * group):
                     for c in range((KK + 15) // 16):
-                        T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(IDX[bn, ih(hkn, head(hkn, pn % group)), i0n + pn // group, c * 16]), T.int32(0), T.int32(2), T.int32(1)))
+                        T.evaluate(prefetch(T.address_of(IDX[bn, ih(hkn, head(hkn, pn % group)), i0n + pn // group, c * 16])))
             # ---------------------------------------------------------------- A: logits
             for kb in range(nblk + 1):
                 end = T.Bind(T.Select(kb < nblk, (kb + 1) * KB, T.int64(_NO_END)))

@@ -25,17 +25,18 @@ def files(tmp_path_factory):
     return root, str(tiny_models.write_tokenizer_json(root)), str(root / "text.txt")
 
 
-def _calibrate_eval_compile(model, tmp_path, tokenizer, text, capsys, devices=("host",)):
+def _calibrate_eval_compile(model, tmp_path, tokenizer, text, capsys, devices=("host",), evaluate=True):
     tok = ["--tokenizer", tokenizer] if tokenizer else []
     profile = str(tmp_path / "profile.json")
     assert main(["calibrate", model, *tok, "--text", text, "--ctx", "16", "32", "--windows", "2", "-o", profile]) == 0
     data = json.loads(open(profile).read())
     assert len(data["layers"]) == 2 and all(len(layer["ratios"]) == 4 for layer in data["layers"])
     capsys.readouterr()
-    assert main(["eval", model, *tok, "--profile", profile, "--text", text, "--ctx", "32", "--windows", "2",
-                 "--json", str(tmp_path / "acc.json")]) == 0
-    rows = json.loads((tmp_path / "acc.json").read_text())["contexts"]["32"]
-    assert [r["name"] for r in rows] == ROWS and rows[0]["delta_pct"] == 0
+    if evaluate:
+        assert main(["eval", model, *tok, "--profile", profile, "--text", text, "--ctx", "32", "--windows", "2",
+                     "--json", str(tmp_path / "acc.json")]) == 0
+        rows = json.loads((tmp_path / "acc.json").read_text())["contexts"]["32"]
+        assert [r["name"] for r in rows] == ROWS and rows[0]["delta_pct"] == 0
     builds = {}
     for device in devices:
         out = tmp_path / f"build-{device}"
@@ -50,7 +51,10 @@ def _calibrate_eval_compile(model, tmp_path, tokenizer, text, capsys, devices=("
 def test_an_onnx_export_through_calibrate_eval_and_compile(onnx_fixtures, files, family, tmp_path, capsys):
     _, tokenizer, text = files
     devices = ("host", "snapdragon-8gen3") if family == "mistral" else ("host",)
-    builds = _calibrate_eval_compile(str(onnx_fixtures[family].path), tmp_path, tokenizer, text, capsys, devices)
+    # eval (seven compiled or hooked rows) runs for one ONNX family and the GGUF test: the others differ
+    # from llama only in blocks that calibrate and compile already run (the suite's time budget)
+    builds = _calibrate_eval_compile(str(onnx_fixtures[family].path), tmp_path, tokenizer, text, capsys, devices,
+                                     evaluate=family == "llama")
     weights = builds["host"].data["model"]["weights"]
     assert weights["format"] == "onnx" and weights["path"] == str(onnx_fixtures[family].path)
     assert weights["derived"] and "weights/derived.npz" in builds["host"].data["files"]  # the folded RoPE tables
