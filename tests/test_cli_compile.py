@@ -15,12 +15,14 @@ def test_compile_default_for_host(tmp_path, capsys):
     assert "selection" not in manifest["pipeline"]  # per head, as builds before the option
 
 
-def test_compile_with_group_selection_records_it(tmp_path, capsys):
-    out = tmp_path / "build"
-    assert main(["compile", "--device", "host", "-o", str(out), "--tokens", "32", "--selection", "group", "--quiet"]) == 0
-    assert "1/1 attention blocks rewritten" in capsys.readouterr().out
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["pipeline"]["selection"] == "group"
+def test_group_selection_is_a_build_option_the_manifest_keeps():
+    from shadowattn_tvm.builder.options import BuildOptions
+
+    options = BuildOptions(keep=0.3, selection="group")
+    assert options.to_json()["selection"] == "group" and BuildOptions.from_json(options.to_json()) == options
+    assert "selection" not in BuildOptions(keep=0.3).to_json()
+    with pytest.raises(ValueError, match="selection must be one of"):
+        BuildOptions(keep=0.3, selection="kv")
 
 
 def test_compile_for_a_phone_writes_the_adreno_opencl_kernels(tmp_path, capsys):

@@ -57,4 +57,5 @@ def test_group_selection_is_as_accurate_as_per_head(runner, ids, ctx):
     profile = SparsityProfile.load(SHIPPED_PROFILE).retarget(0.2)
     ppl = _perplexities(runner, ids, ctx, {"head": passes.pipeline(keep=None, profile=profile),
                                            "group": passes.pipeline(keep=None, profile=profile, selection="group")})
+    print(f"ctx {ctx}: perplexity per-head {ppl['head']:.3f}, group {ppl['group']:.3f}")  # shown with -s
     assert ppl["group"] <= 1.002 * ppl["head"], ppl

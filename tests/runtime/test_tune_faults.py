@@ -44,7 +44,7 @@ def test_tuning_stops_cleanly_when_the_server_dies_and_resumes(doomed_host_phone
     killer.start()
     try:
         with pytest.raises(RPCUnavailable) as info:
-            tune("host", tasks=(SPARSE_TASK,), trials=24, trials_per_iter=4, tokens=64, work_dir=work,
+            tune("host", tasks=(SPARSE_TASK,), trials=24, trials_per_iter=4, tokens=32, work_dir=work,
                  endpoint=endpoint, timeout=20, **quiet)
     finally:
         stop.set()
@@ -60,6 +60,6 @@ def test_tuning_stops_cleanly_when_the_server_dies_and_resumes(doomed_host_phone
     # trials that failed only because the device went away are not recorded as failures
     assert all(FAILED not in _run_secs(line) for line in kept)
 
-    resumed = tune("host", tasks=(SPARSE_TASK,), trials=2, trials_per_iter=2, tokens=64, work_dir=work, **quiet)
+    resumed = tune("host", tasks=(SPARSE_TASK,), trials=2, trials_per_iter=2, tokens=32, work_dir=work, **quiet)
     assert resumed.records == len(kept) + 2 and _records(work)[:len(kept)] == kept
     assert resumed.best_ms[SPARSE_TASK] > 0
