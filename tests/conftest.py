@@ -21,6 +21,22 @@ def pytest_configure(config):
         os.environ["TVM_NUM_THREADS"] = "1"
 
 
+#: The longest test files (minutes on two workers), first: with ``--dist loadfile`` a worker takes the
+#: next file when it is free, so long files at the end would leave one worker running alone.
+HEAVY_FIRST = ("runtime/test_emulated_phone.py", "frontend/test_models_cli.py", "runtime/test_tune_faults.py",
+               "runtime/test_deploy.py", "runtime/test_trace.py", "test_cli.py", "runtime/test_npu_service.py",
+               "calibrate/test_calibrate.py", "passes/test_bucket_pilot.py", "passes/test_fuzz.py",
+               "test_generation.py", "runtime/test_emulated_kernels.py", "passes/test_pipeline_heads.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        path = item.nodeid.split("::")[0].removeprefix("tests/")
+        return HEAVY_FIRST.index(path) if path in HEAVY_FIRST else len(HEAVY_FIRST)
+
+    items.sort(key=rank)  # stable: the order inside a file and among the rest is kept
+
+
 def pytest_addoption(parser):
     parser.addoption("--fuzz-count", type=int, default=12, help="random attention graphs the fuzz test draws")
     parser.addoption("--fuzz-seed", type=int, default=0, help="first seed of the fuzz test's graphs")

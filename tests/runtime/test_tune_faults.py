@@ -12,7 +12,10 @@ import time
 import pytest
 
 from shadowattn_tvm.runtime.rpc_session import Endpoint, RPCUnavailable
-from shadowattn_tvm.tuning.driver import SPARSE_TASK, tune
+from shadowattn_tvm.targets import get
+from shadowattn_tvm.tuning.database import BASELINE_FILE, TuningDatabase
+from shadowattn_tvm.tuning.driver import SPARSE_TASK, compare_on_host, tune
+from shadowattn_tvm.tuning.tasks import model_tasks
 
 pytestmark = pytest.mark.slow
 quiet = dict(log=lambda _msg: None)
@@ -62,4 +65,15 @@ def test_tuning_stops_cleanly_when_the_server_dies_and_resumes(doomed_host_phone
 
     resumed = tune("host", tasks=(SPARSE_TASK,), trials=2, trials_per_iter=2, tokens=32, work_dir=work, **quiet)
     assert resumed.records == len(kept) + 2 and _records(work)[:len(kept)] == kept
-    assert resumed.best_ms[SPARSE_TASK] > 0
+    assert resumed.best_ms[SPARSE_TASK] > 0 and resumed.shipped_ms[SPARSE_TASK] > 0
+    # MetaSchedule's layout: one workload, [workload, record] lines; the shipped baseline measured once
+    assert sorted(p.name for p in work.iterdir() if p.suffix == ".json") == [
+        "database_tuning_record.json", "database_workload.json", BASELINE_FILE]
+    assert len((work / "database_workload.json").read_text().splitlines()) == 1
+    assert all(len(json.loads(line)) == 2 for line in _records(work))
+    baseline = json.loads((work / BASELINE_FILE).read_text())
+    assert [(v["task"], v["kernel"]) for v in baseline.values()] == [(SPARSE_TASK, "hand-written")]
+    rows = compare_on_host(work, tokens=32, repeat=2)  # tuned vs shipped, side by side on this machine
+    assert [r["task"] for r in rows] == [SPARSE_TASK] and rows[0]["tuned_ms"] > 0 and rows[0]["shipped_ms"] > 0
+    choice = TuningDatabase(work).choice(SPARSE_TASK, model_tasks("default", 32, 0.2, 16, get("host").cpu)[0].func)
+    assert choice.shipped_ms == pytest.approx(resumed.shipped_ms[SPARSE_TASK])
