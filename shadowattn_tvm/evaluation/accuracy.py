@@ -1,10 +1,10 @@
 """The accuracy table: dense vs INT8 attention vs block-sparse vs shadowAttn on a real model.
 
 Rows are measured on the same windows in one run; every row is compared with the dense
-float model (perplexity, delta, KL(dense || row), top-1 agreement). The group row selects keys once
-per KV head for the group's query heads (`pipeline(selection="group")`, per-head ratios averaged). The dense and shadowAttn rows
+float model (perplexity, delta, KL(dense || row), top-1 agreement). The dense and shadowAttn rows
 run fully compiled (shadowAttn with our kernels and the profile's static scales); the INT8 dense
-(the paper's NPU-Full) and block-sparse baselines run through `AttentionHook` in numpy.
+(the paper's NPU-Full) and block-sparse baselines run through `AttentionHook` in numpy. The group
+row selects keys once per KV head for its query heads (`pipeline(selection="group")`).
 """
 from __future__ import annotations
 
@@ -54,7 +54,8 @@ def accuracy_table(runner, text: str, profile: SparsityProfile, ctx: int = 512, 
     }
     recall = DenseVariant(blocks, recall_keep=keep, k_min=k_min)
     order = ["dense float", "INT8 dense attention (NPU-Full)", f"block-sparse 64x64 keep {keep}",
-             f"shadowAttn uniform keep {keep}", f"shadowAttn per-head keep {keep}", "shadowAttn per-head keep 0.1", f"shadowAttn group keep {keep}"]
+             f"shadowAttn uniform keep {keep}", f"shadowAttn per-head keep {keep}", "shadowAttn per-head keep 0.1",
+             f"shadowAttn group keep {keep}"]
     metrics = {name: Metrics() for name in order}
     bar = None
     if progress:

@@ -1,6 +1,6 @@
 """Group top-k: one selection per (KV head, query row), shared by the KV group's query heads.
 
-The "group" mode of shadowAttn (not wired into the passes yet): `sparse_attention_group` then
+The "group" selection of the split pass (`pipeline(selection="group")`): `sparse_attention_group` then
 gathers each selected K/V row once for all of the group's query heads.
 
     scores [B,H,Sq,Skv] int32 (or int16, see `pilot.score_shift`), ratio [Hkv] f64,
