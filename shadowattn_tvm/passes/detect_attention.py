@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-
 from .._compat import PyExprMutator, constant_value, mutator, relax, te, tirx, tvm
 from ..block import AttentionBlock, CausalMode, KVMap
 from . import patterns as P
