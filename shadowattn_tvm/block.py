@@ -63,6 +63,11 @@ class AttentionBlock:
             return [h % self.num_kv_heads for h in range(self.num_heads)]
         return [h // self.group for h in range(self.num_heads)]
 
+    def group_ratios(self, ratios) -> list:
+        """Keep ratio of each KV head under group selection: the mean of its query heads' ratios."""
+        kv_of = self.kv_heads()
+        return [sum(r for r, kv in zip(ratios, kv_of) if kv == g) / kv_of.count(g) for g in range(self.num_kv_heads)]
+
     def to_attrs(self) -> dict:
         attrs = asdict(self)
         attrs["causal"] = self.causal.value

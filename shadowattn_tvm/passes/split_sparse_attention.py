@@ -193,8 +193,7 @@ class _Splitter(PyExprMutator):
     def _topk_group(self, block, scores, ratios, q_scale, k_scale, mask):
         """One selection per KV head: idx [B,Hkv,Sq,K], budget by the mean ratio of the group's heads."""
         shape = list(scores.ty.shape.values)
-        kv_of = np.asarray(block.kv_heads())
-        group_ratios = [float(np.mean(np.asarray(ratios)[kv_of == kv])) for kv in range(block.num_kv_heads)]
+        group_ratios = block.group_ratios(ratios)
         top_k = max_keep_count(max(group_ratios), _int_or_expr(shape[3]), self.owner.k_min)
         mask_shape = None if mask is None else list(mask.ty.shape.values)
         func = topk_group_ops.topk_group_indices(block, self.owner.k_min, mask_shape)

@@ -194,8 +194,7 @@ def sparse_reference(spec: AttentionSpec, inputs, ratios, k_min: int, q_scales=N
     ks = reference.absmax_scale(k) if k_scales is None else np.asarray(k_scales, np.float32)
     scores = reference.pilot_scores(reference.quantize(q, qs), reference.quantize(k, ks), block)
     if selection == "group":
-        kv_of = reference.kv_index(block)
-        group_ratios = np.asarray([np.mean(np.asarray(ratios)[kv_of == kv]) for kv in range(block.num_kv_heads)])
+        group_ratios = np.asarray(block.group_ratios(ratios))
         top_k = max_keep_count(group_ratios.max(), k.shape[2], k_min)
         idx = reference.topk_group_indices(scores, group_ratios, block, k_min, top_k, qs, ks, mask=mask)
         out = reference.sparse_attention_group(q, k, v, idx, block, mask)
