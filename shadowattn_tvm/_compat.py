@@ -28,7 +28,7 @@ def runtime_tensor(array, device=None):
 __all__ = [
     "tvm", "tvm_ffi", "rpc", "Analyzer", "Op", "Type", "Constant", "relax", "te", "tirx", "s_tir", "dpl", "PyExprMutator", "mutator", "Schedule",
     "R", "T", "structural_equal", "structural_hash", "runtime_tensor", "meta_schedule", "constant_value",
-    "set_type",
+    "set_type", "import_tensor_intrinsics",
 ]
 
 
@@ -45,3 +45,36 @@ def meta_schedule():
     from tvm.s_tir import meta_schedule as ms
 
     return ms
+
+
+def import_tensor_intrinsics() -> None:
+    """Import ``tvm.s_tir.tensor_intrin`` (which ``meta_schedule.TuneContext`` imports) quickly.
+
+    Each of its several hundred ``T.prim_func`` definitions calls ``inspect.stack()``, which looks
+    up the source of every frame; a frame of the import machinery (``<frozen importlib...>``) has
+    no file, so each lookup scans ``sys.modules``: the import took 75 s on the 2-core host. The
+    parser reads source context only from the first three frames (``is_defined_in_class``) and
+    the frame objects of the rest, so this import runs with an ``inspect.stack`` that gives the
+    rest without source (8 s)."""
+    import inspect
+    import sys
+
+    if "tvm.s_tir.tensor_intrin" in sys.modules:
+        return
+
+    def stack(context=1):
+        frames, frame = [], sys._getframe(1)
+        while frame is not None:
+            if len(frames) < 3:
+                frames.append(inspect.FrameInfo(frame, *inspect.getframeinfo(frame, context)))
+            else:
+                code = frame.f_code
+                frames.append(inspect.FrameInfo(frame, code.co_filename, frame.f_lineno, code.co_name, None, None))
+            frame = frame.f_back
+        return frames
+
+    original, inspect.stack = inspect.stack, stack
+    try:
+        import tvm.s_tir.tensor_intrin  # noqa: F401
+    finally:
+        inspect.stack = original
