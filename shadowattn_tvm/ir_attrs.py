@@ -61,19 +61,21 @@ class SplitBlock:
     k: tuple
     v: tuple
     mask: tuple | None = None
+    selection: str = "head"  # "group": one top-k per KV head and row
 
     @classmethod
-    def of(cls, block: AttentionBlock, q_ty, k_ty, v_ty, mask_ty=None) -> "SplitBlock":
-        return cls(block, _dims(q_ty), _dims(k_ty), _dims(v_ty), None if mask_ty is None else _dims(mask_ty))
+    def of(cls, block: AttentionBlock, q_ty, k_ty, v_ty, mask_ty=None, selection: str = "head") -> "SplitBlock":
+        return cls(block, _dims(q_ty), _dims(k_ty), _dims(v_ty), None if mask_ty is None else _dims(mask_ty),
+                   selection)
 
     def to_json(self) -> dict:
         return {"block": self.block.to_attrs(), "q": list(self.q), "k": list(self.k), "v": list(self.v),
-                "mask": None if self.mask is None else list(self.mask)}
+                "mask": None if self.mask is None else list(self.mask), "selection": self.selection}
 
     @classmethod
     def from_json(cls, data: dict) -> "SplitBlock":
         return cls(AttentionBlock.from_attrs(data["block"]), tuple(data["q"]), tuple(data["k"]), tuple(data["v"]),
-                   None if data["mask"] is None else tuple(data["mask"]))
+                   None if data["mask"] is None else tuple(data["mask"]), data.get("selection", "head"))
 
 
 def split_blocks(mod) -> list:

@@ -52,8 +52,6 @@ def test_compile_for_a_phone_writes_the_adreno_opencl_kernels(tmp_path, capsys):
     (["compile", "--device", "host", "-o", "X", "--generate"], "'default' is an attention block: generation builds"),
     (["compile", "--device", "host", "-o", "X", "--generate", "--tokens", "32", "--capacity", "32"],
      "leaves no room to generate"),
-    (["compile", "--device", "snapdragon-8gen3", "-o", "X", "--selection", "group"],
-     "selection='group' is a CPU-lane mode: builds with an NPU lane select keys per head"),
 ])
 def test_compile_rejects(tmp_path, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)

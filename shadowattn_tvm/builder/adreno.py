@@ -13,7 +13,9 @@ as `SplitSparseAttention` uses for the CPU module:
 
 A block with an additive mask stays on the CPU: a mask can hide every key of a row (padding), and
 such a row must come out as the dense block gives it (softmax over every causally allowed key),
-which only the CPU's hand-written kernel computes; the GPU kernel has no dense fallback.
+which only the CPU's hand-written kernel computes; the GPU kernel has no dense fallback. A block
+split with group selection (one top-k per KV head) stays on the CPU too: the GPU kernels select
+per head.
 
 The blocks are read from the compiled IR (`ir_attrs.split_blocks`: what `SplitSparseAttention`
 split, with its shapes), so the GPU kernels describe exactly the blocks the CPU module rewrote.
@@ -46,26 +48,35 @@ class AdrenoKernel:
 
 
 def attention_blocks(ir) -> list:
-    """[(AttentionBlock, q, k, v, mask-or-None shapes)] of the blocks the pipeline split in `ir`
-    (the shadowAttn-level IR, ``pipeline(lower=False)``); ValueError if a shape is not static."""
-    found = []
-    for split in split_blocks(ir):
+    """The `ir_attrs.SplitBlock`s of the blocks the pipeline split in `ir` (the shadowAttn-level IR,
+    ``pipeline(lower=False)``); ValueError if a shape is not static."""
+    found = split_blocks(ir)
+    for split in found:
         shapes = (split.q, split.k, split.v) + (() if split.mask is None else (split.mask,))
         if not all(isinstance(d, int) for shape in shapes for d in shape):
             raise ValueError(f"Adreno kernels need static shapes, got q {split.q}, k {split.k} in layer "
                              f"{split.block.layer}: compile at a fixed length")
-        found.append((split.block, split.q, split.k, split.v, split.mask))
     return found
 
 
 CPU_ONLY_MASKED = ("an additive mask can hide every key of a row, and the GPU kernel has no dense fallback for "
                    "such rows: top-k and sparse attention of this block run on the CPU")
+CPU_ONLY_GROUP = ("group selection (one top-k per KV head): the GPU kernels select per head, so top-k and sparse "
+                  "attention of this block run on the CPU")
+
+
+def _cpu_only(split) -> str | None:
+    """Why a split block's CPU-lane stages stay on the CPU, or None if the GPU takes them."""
+    if split.mask is not None:
+        return CPU_ONLY_MASKED
+    return CPU_ONLY_GROUP if split.selection == "group" else None
 
 
 def _variants(blocks, profile: SparsityProfile, k_min: int) -> dict:
     """(kind, definition key) -> (block, specialised shapes, layers) of unmasked blocks."""
     variants: dict = {}
-    for block, q, k, v, _mask in blocks:
+    for split in blocks:
+        block, q, k, v = split.block, split.q, split.k, split.v
         ratios = profile.layer(block.layer, block.num_heads, block.num_kv_heads).ratios
         top_k = max_keep_count(max(ratios), k[2], k_min)
         scores, idx = (*q[:3], k[2]), (*q[:3], top_k)
@@ -89,10 +100,10 @@ def adreno_kernels(ir, target, profile: SparsityProfile, k_min: int) -> tuple[li
     """The OpenCL kernels of the attention blocks split in `ir` (static shapes) and
     {layer: reason} of the blocks whose CPU-lane stages stay on the CPU."""
     blocks = attention_blocks(ir)
-    cpu_only = {item[0].layer: CPU_ONLY_MASKED for item in blocks if item[4] is not None}
+    cpu_only = {split.block.layer: _cpu_only(split) for split in blocks if _cpu_only(split) is not None}
     kernels, taken = [], {}
     for (kind, _generic, _), (block, shapes, layers) in _variants(
-            [item for item in blocks if item[4] is None], profile, k_min).items():
+            [split for split in blocks if split.block.layer not in cpu_only], profile, k_min).items():
         base = f"sat_{kind}"
         name = base if base not in taken else f"{base}_{taken[base]}"
         taken[base] = taken.get(base, 0) + 1
@@ -102,4 +113,4 @@ def adreno_kernels(ir, target, profile: SparsityProfile, k_min: int) -> tuple[li
     return kernels, cpu_only
 
 
-__all__ = ["CPU_ONLY_MASKED", "AdrenoKernel", "DIRECTORY", "TABLE", "adreno_kernels", "attention_blocks"]
+__all__ = ["CPU_ONLY_GROUP", "CPU_ONLY_MASKED", "AdrenoKernel", "DIRECTORY", "TABLE", "adreno_kernels", "attention_blocks"]

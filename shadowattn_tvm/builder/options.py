@@ -19,7 +19,7 @@ class BuildOptions:
     k_min: int = 16
     profile: SparsityProfile | None = None
     tune_logs: str | None = None  # MetaSchedule database directory (`shadowattn tune`); None: shipped kernels
-    selection: str = "head"  # "group": one top-k per KV head (CPU lane only, `pipeline(selection=...)`)
+    selection: str = "head"  # "group": one top-k per KV head (`pipeline(selection=...)`)
 
     def __post_init__(self):
         if self.keep is None and self.profile is None:

@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
     tuned.add_argument("--no-tune-logs", action="store_true", help="ignore tune_logs/<device>: shipped kernels only")
     p.add_argument("--selection", choices=("head", "group"), default="head",
                    help="top-k per query head (default) or one per KV head shared by its query heads (group: "
-                        "fewer gathers; host builds only, phones with an NPU select per head)")
+                        "fewer gathers; on a phone these blocks' top-k and sparse attention stay on its CPU, not the GPU)")
     p.add_argument("--generate", action="store_true",
                    help="a generation build (smollm2 or a .gguf): prefill of --tokens prompt tokens into a KV cache, "
                         "then a decode step; deploy verifies greedy tokens from a reference prompt")

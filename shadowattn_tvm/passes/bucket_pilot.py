@@ -13,7 +13,10 @@ For each ``sat_pilot_L<i>`` -> top-k -> sparse triple it emits one private Relax
   the NPU lane picks the grid cell nearest the launch's actual scales (`npu.buckets`),
   stages Q rows and the zero-padded K of the group and runs that cell's graph;
 * runs top-k on the unit's scores (ranking with the cell's scales when the block has a mask)
-  and sparse attention on the unit's head-sliced Q, K and V;
+  and sparse attention on the unit's head-sliced Q, K and V; a block split with group selection
+  (idx [B,Hkv,Sq,K]) keeps it: the unit's heads are one KV group, so its top-k is one selection
+  per row for them all (`ops.topk_group`, ranking with the cell's scales) and its sparse
+  attention the group kernel;
 * assembles the units' outputs in the block's head and row order.
 
 Every graph is `ops.npu_graph.bucket_graph` for one (cell, fused heads, query rows, KV bucket)
@@ -39,6 +42,7 @@ from ..npu.units import KVBucketError, LaunchUnit, plan_units, unit_ratio
 from ..ops import quantize as quant_ops
 from ..ops import sparse_attention as sparse_ops
 from ..ops import topk as topk_ops
+from ..ops import topk_group as topk_group_ops
 from ..npu_abi import NPU_RUN
 from .patterns import static_int
 from .split_sparse_attention import PILOT_KIND
@@ -143,7 +147,10 @@ class _Bucketer(PyExprMutator):
         ratios = constant_value(topk.args[1].fields[1])
         if ratios is None:
             raise ValueError(f"layer {block.layer}: the top-k keep ratios are not a constant")
-        func = _BlockBuilder(self, block, ratios, q, k, v, mask).build()
+        group = static_int(topk.ty.shape.values[1]) != block.num_heads  # idx per KV head: group selection
+        if group:  # each query head takes its KV group's ratio
+            ratios = np.asarray(ratios)[block.kv_heads()]
+        func = _BlockBuilder(self, block, ratios, q, k, v, mask, group).build()
         gv = self.builder_.add_func(func, pilot.op.name_hint.replace("sat_pilot_", "sat_npu_block_", 1))
         return relax.Call(gv, [q, k, v] + ([mask] if mask is not None else []))
 
@@ -163,8 +170,9 @@ class _Bucketer(PyExprMutator):
 class _BlockBuilder:
     """Emits one ``sat_npu_block_L<i>`` function (see the module docstring)."""
 
-    def __init__(self, outer: _Bucketer, block: AttentionBlock, ratios, q, k, v, mask):
+    def __init__(self, outer: _Bucketer, block: AttentionBlock, ratios, q, k, v, mask, group: bool = False):
         self.outer, self.block, self.ratios = outer, block, np.asarray(ratios, np.float64)
+        self.group = group
         self.shapes = [_static_shape(x, block) for x in (q, k, v)]
         self.params = [relax.Var(n, x.ty) for n, x in zip("qkv", (q, k, v))]
         if mask is not None:
@@ -233,14 +241,24 @@ class _BlockBuilder:
             need = max(self.shapes[1][2], u.kv_len if u.q_rows > u.rows else 0)
             k_u, v_u = self._kv(bb, k, u, need, kv_cache), self._kv(bb, v, u, need, kv_cache)
             extra_topk, m_u, mask_shape = [], None, None
-        ratio = relax.const(unit_ratio(self.ratios[list(u.heads)], self.shapes[1][2], u.kv_len), "float64")
-        topk = o.add_kernel(topk_ops.topk_indices(self.unit_block, o.owner.k_min, mask_shape),
-                            "sat_topk_masked" if mask is not None else "sat_topk")
-        idx_ty = relax.TensorType([1, u.fused, u.q_rows, u.top_k], "int32")
-        idx = bb.emit(relax.call_tir(topk, [scores, ratio] + extra_topk, idx_ty), name_hint=f"idx_{name}")
+        ratios = unit_ratio(self.ratios[list(u.heads)], self.shapes[1][2], u.kv_len)
+        if self.group:  # the group's ratio; it always ranks by the cell's scales
+            if not extra_topk:
+                extra_topk = [bb.emit(relax.TupleGetItem(run, 1)), bb.emit(relax.TupleGetItem(run, 2))]
+            ratios, args = ratios[:1], extra_topk
+            topk_fn = topk_group_ops.topk_group_indices(self.unit_block, o.owner.k_min, mask_shape)
+            topk_name = "sat_topk_group_masked" if mask is not None else "sat_topk_group"
+        else:
+            topk_fn, args = topk_ops.topk_indices(self.unit_block, o.owner.k_min, mask_shape), extra_topk
+            topk_name = "sat_topk_masked" if mask is not None else "sat_topk"
+        topk = o.add_kernel(topk_fn, topk_name)
+        idx_ty = relax.TensorType([1, 1 if self.group else u.fused, u.q_rows, u.top_k], "int32")
+        idx = bb.emit(relax.call_tir(topk, [scores, relax.const(ratios, "float64")] + args, idx_ty),
+                      name_hint=f"idx_{name}")
         dv = self.shapes[2][3]
-        sparse_fn = sparse_ops.sparse_attention(self.unit_block, [1, u.fused, u.q_rows, blk.head_dim],
-                                                int(k_u.ty.shape.values[2]), dv, u.top_k, mask_shape)
+        make_sparse = sparse_ops.sparse_attention_group if self.group else sparse_ops.sparse_attention
+        sparse_fn = make_sparse(self.unit_block, [1, u.fused, u.q_rows, blk.head_dim], int(k_u.ty.shape.values[2]),
+                                dv, u.top_k, mask_shape)
         sparse = o.add_kernel(o.sched.schedule_sparse_attention(sparse_fn), "sat_sparse_attention")
         out = bb.emit(relax.call_tir(sparse, [q_u, k_u, v_u, idx] + ([m_u] if m_u is not None else []),
                                      relax.TensorType([1, u.fused, u.q_rows, dv], blk.dtype)), name_hint=f"out_{name}")

@@ -85,8 +85,8 @@ def pipeline(
     tune_logs: a MetaSchedule database directory (`shadowattn tune`) or `TuningDatabase`: tuned
         kernels replace shipped ones where their records are faster (see the module docstring).
     selection: "head" (the paper's: a top-k per query head and row) or "group" (one top-k per KV head
-        and row, shared by the group's query heads; CPU lane only, so not with an NPU: see
-        `SplitSparseAttention`).
+        and row, shared by the group's query heads, see `SplitSparseAttention`; with an NPU lane
+        each launch unit, one KV group, selects once for its heads).
     verify: check the IR is well formed (`relax.analysis.check_well_formed`) after every phase (from
         phase 0's normalized form on); an ill-formed module raises RuntimeError naming the phase.
     """
@@ -102,9 +102,7 @@ def pipeline(
     scale_mode = None if scale_mode is None else ScaleMode(scale_mode)
     if npu is None and device is not None and get_device(device).npu is not None:
         npu = NPUOptions(costs=DeviceCostModel(keep=profile.keep))
-    if check_selection(selection) == "group" and npu is not None:
-        raise ValueError("selection='group' is a CPU-lane mode: builds with an NPU lane select keys per head; "
-                         "use selection='head' for this device, or compile for the host")
+    check_selection(selection)
     phases = [
         ("0_canonicalize", tvm.transform.Sequential([relax.transform.Normalize(), relax.transform.FoldConstant()])),
         ("1_detect", DetectAttention()),

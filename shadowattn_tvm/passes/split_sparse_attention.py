@@ -10,11 +10,12 @@ Phase 2 of the shadowAttn pipeline; runs after `DetectAttention`. For every call
   of the V visible keys, with r_h the head's keep ratio from the profile and Skv the KV length;
 * a sparse-attention ``call_tir`` gathering those K/V rows.
 
-``selection="group"`` (CPU lane) keeps one selection per KV head and query row instead, shared by
+``selection="group"`` keeps one selection per KV head and query row instead, shared by
 the query heads of the KV group (`ops.topk_group`: a key's rank is the best of the group's heads,
 each relative to its own row maximum; the group keeps k by the mean of its heads' ratios), so the
 sparse kernel gathers each K/V row once for the whole group. Blocks without grouped heads or
-without the hand-written kernel's static head dims keep per-head selection.
+without the hand-written kernel's static head dims keep per-head selection. `BucketPilot` keeps
+it in the NPU lane's launch units (each one KV group); the Adreno lane leaves such blocks on the CPU.
 
 Kernels come from `ops/` and are scheduled by the current target's lane (`targets.lanes`). The dense
 composite is dropped when unused, so running the pass twice changes nothing.
@@ -138,7 +139,8 @@ class _Splitter(PyExprMutator):
         group = self.owner.selection == "group" and block.group > 1 and sparse_ops.has_fast_kernel(block.head_dim, v_dim)
         topk = self._topk_group if group else self._topk
         idx = self.builder_.emit(topk(block, scores, ratios, q_scale, k_scale, mask), name_hint="topk_idx")
-        self.split.append(SplitBlock.of(block, *(x.ty for x in (q, k, v)), None if mask is None else mask.ty))
+        self.split.append(SplitBlock.of(block, *(x.ty for x in (q, k, v)), None if mask is None else mask.ty,
+                                        "group" if group else "head"))
         return self._sparse(block, q, k, v, idx, mask, group)
 
     def _add_kernel(self, func, name):

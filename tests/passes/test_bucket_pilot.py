@@ -18,6 +18,7 @@ from shadowattn_tvm.passes import DetectAttention, SplitSparseAttention
 from shadowattn_tvm.passes.bucket_pilot import BucketPilot
 from shadowattn_tvm.ir_attrs import npu_graphs
 from shadowattn_tvm.npu_abi import ARG_GRAPHS, ARG_STAGE, NPU_RUN, graph_names
+from shadowattn_tvm.runtime import lanes  # noqa: F401  (registers the NPU lane's functions the VM calls)
 from shadowattn_tvm.testing import AttentionSpec, attention_module, random_inputs, sparse_reference
 
 from ..conftest import run_module
@@ -136,9 +137,9 @@ def test_missing_scale_statistics_say_how_to_get_them():
 
 
 # ------------------------------------------------------------------ structure
-def _bucketed(spec, options, profile=None, keep=0.25):
+def _bucketed(spec, options, profile=None, keep=0.25, selection="head"):
     mod = DetectAttention()(attention_module(spec))
-    mod = SplitSparseAttention(profile or SparsityProfile.uniform(keep), k_min=4)(mod)
+    mod = SplitSparseAttention(profile or SparsityProfile.uniform(keep), k_min=4, selection=selection)(mod)
     bucket = BucketPilot(options, profile, k_min=4)
     return bucket, bucket(mod)
 
@@ -202,4 +203,26 @@ def test_bucketed_block_equals_numpy_reference_with_the_chosen_bucket_scales(spe
     q, k = (x.transpose(0, 2, 1, 3) for x in inputs[:2])
     q_scales, k_scales, _ = bucket_scales(spec.block(), BucketGrid.build(0, stats, grid_options), q, k)
     expected, _, _ = sparse_reference(spec, inputs, [0.3] * spec.heads, 4, q_scales=q_scales, k_scales=k_scales)
+    np.testing.assert_allclose(out, expected, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("spec", NUMERIC_SPECS[1:], ids=lambda s: f"{s.gqa}-{s.mask}-b{s.batch}")
+def test_group_selection_in_launch_units_equals_numpy_reference(spec):
+    """A launch unit is one KV group: group selection ranks its rows once for the group's heads,
+    with the chosen cell's scales (padding mask, tiled GQA, batch 2; causal with kv_len > q_len)."""
+    inputs = random_inputs(spec, seed=7)
+    stats = _stats_of(spec, inputs)
+    grid_options = GridOptions(q_points=2, k_points=2)
+    options = NPUOptions(kv_buckets=(16, 32, 48, 64), q_chunk=16, stats=stats, costs=GivenCosts(), grid=grid_options)
+    ratios = [0.3, 0.1, 0.4, 0.2, 0.25, 0.35][:spec.heads]
+    profile = SparsityProfile(keep=0.25, layers=(LayerProfile(tuple(ratios)),))
+    _, mod = _bucketed(spec, options, profile, selection="group")
+    names = [gv.name_hint for gv in mod.functions]
+    assert any(n.startswith("sat_topk_group") for n in names) and not any(n.startswith("sat_topk_masked") for n in names)
+    out = run_module(mod, inputs, sat.lowering())
+    q, k = (x.transpose(0, 2, 1, 3) for x in inputs[:2])
+    q_scales, k_scales, _ = bucket_scales(spec.block(), BucketGrid.build(0, stats, grid_options), q, k)
+    expected, idx, _ = sparse_reference(spec, inputs, ratios, 4, q_scales=q_scales, k_scales=k_scales,
+                                        selection="group")
+    assert idx.shape[1] == spec.kv_heads
     np.testing.assert_allclose(out, expected, rtol=2e-5, atol=2e-5)

@@ -142,12 +142,13 @@ def test_cost_models_say_what_they_are():
     assert all(c.npu_ms > 0 and c.cpu_ms > 0 for c in profiled.costs)
 
 
-def test_pipelined_equals_serial_and_the_numpy_reference():
+@pytest.mark.parametrize("selection", ["head", "group"])
+def test_pipelined_equals_serial_and_the_numpy_reference(selection):
     inputs = random_inputs(SPEC, seed=11)
     grid = GridOptions(q_points=2, k_points=2)  # 4 cells: fewer graphs to build, same code paths
     options = NPUOptions(kv_buckets=BUCKETS, stats=STATS, costs=COSTS, grid=grid)
     ex = tvm.compile(attention_module(SPEC), target=tvm.target.Target({"kind": "llvm", "num-cores": 2}),
-                     relax_pipeline=sat.pipeline(keep=0.25, k_min=4, npu=options))
+                     relax_pipeline=sat.pipeline(keep=0.25, k_min=4, npu=options, selection=selection))
     vm = relax.VirtualMachine(ex, tvm.cpu())
     args = [tvm.runtime.tensor(x) for x in inputs]
     outs = {}
@@ -159,5 +160,7 @@ def test_pipelined_equals_serial_and_the_numpy_reference():
     assert np.array_equal(outs[LaneMode.SERIAL], outs["no lane"])
     q, k = (x.transpose(0, 2, 1, 3) for x in inputs[:2])
     q_scales, k_scales, _ = bucket_scales(SPEC.block(), BucketGrid.build(0, STATS, grid), q, k)
-    expected, _, _ = sparse_reference(SPEC, inputs, [0.25] * 4, 4, q_scales=q_scales, k_scales=k_scales)
+    expected, idx, _ = sparse_reference(SPEC, inputs, [0.25] * 4, 4, q_scales=q_scales, k_scales=k_scales,
+                                        selection=selection)
+    assert idx.shape[1] == (SPEC.kv_heads if selection == "group" else SPEC.heads)
     np.testing.assert_allclose(outs[LaneMode.PIPELINED], expected, rtol=2e-5, atol=2e-5)
