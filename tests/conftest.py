@@ -21,20 +21,36 @@ def pytest_configure(config):
         os.environ["TVM_NUM_THREADS"] = "1"
 
 
-#: The longest test files (minutes on two workers), first: with ``--dist loadfile`` a worker takes the
-#: next file when it is free, so long files at the end would leave one worker running alone.
-HEAVY_FIRST = ("runtime/test_emulated_phone.py", "frontend/test_models_cli.py", "runtime/test_tune_faults.py",
-               "runtime/test_deploy.py", "runtime/test_trace.py", "test_cli.py", "runtime/test_npu_service.py",
-               "calibrate/test_calibrate.py", "passes/test_bucket_pilot.py", "passes/test_fuzz.py",
-               "test_generation.py", "runtime/test_emulated_kernels.py", "passes/test_pipeline_heads.py")
+#: The longest test files (minutes on two workers, from ``--durations``), longest first. xdist's
+#: ``--dist loadfile`` hands out files in order of their test count, so files of one or two long
+#: tests (tuning, deploy, tracing) came last and one worker ran them alone at the end.
+HEAVY_FIRST = ("runtime/test_emulated_phone.py", "runtime/test_trace.py", "frontend/test_gguf.py", "passes/test_fuzz.py",
+               "runtime/test_deploy.py", "frontend/test_models_cli.py", "passes/test_pipeline_heads.py",
+               "passes/test_bucket_pilot.py", "runtime/test_tune_faults.py", "test_cli.py", "runtime/test_npu_service.py",
+               "calibrate/test_calibrate.py", "test_generation.py", "runtime/test_emulated_kernels.py")
 
 
-def pytest_collection_modifyitems(config, items):
-    def rank(item):
-        path = item.nodeid.split("::")[0].removeprefix("tests/")
-        return HEAVY_FIRST.index(path) if path in HEAVY_FIRST else len(HEAVY_FIRST)
+def _rank(path: str) -> int:
+    path = path.removeprefix("tests/")
+    return HEAVY_FIRST.index(path) if path in HEAVY_FIRST else len(HEAVY_FIRST)
 
-    items.sort(key=rank)  # stable: the order inside a file and among the rest is kept
+
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile`` with the files of HEAVY_FIRST handed out first (the rest in xdist's order)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class HeavyFirst(LoadFileScheduling):
+        def _assign_work_unit(self, node):
+            if not getattr(self, "_ordered", False):  # the first assignment: the queue is complete
+                self._ordered = True
+                units = sorted(self.workqueue.items(), key=lambda unit: _rank(unit[0]))  # stable
+                self.workqueue.clear()
+                self.workqueue.update(units)
+            super()._assign_work_unit(node)
+
+    return HeavyFirst(config, log)
 
 
 def pytest_addoption(parser):
