@@ -22,6 +22,7 @@ import math
 
 from .._compat import T
 from ..block import CausalMode, KVMap
+from ._cache import kernel_cache
 from ._isa import current_isa
 from ._shapes import fresh_shape
 
@@ -33,6 +34,7 @@ def score_shift(head_dim: int) -> int:
     return max(0, math.ceil(math.log2(int(head_dim) * 127 * 127 / 32767)))
 
 
+@kernel_cache
 def pilot_scores(block, q_shape, kv_len, out_dtype: str = "int32", isa=None):
     fresh_shape(q_shape, ("batch", "heads", "q_len", "head_dim"))  # validates the dims
     if out_dtype not in ("int32", "int16"):

@@ -22,6 +22,7 @@ gathered K/V row serves all of them (static head dims only).
 from __future__ import annotations
 
 from .._compat import te, tirx
+from ._cache import kernel_cache
 from ._isa import current_isa
 from ._shapes import fresh_shape, kv_head
 from ._sparse_cpu import sparse_kernel
@@ -40,12 +41,14 @@ def has_fast_kernel(head_dim, v_dim) -> bool:
     return d is not None and dv is not None and d % (2 * _LANES) == 0 and dv % _LANES == 0
 
 
+@kernel_cache
 def sparse_attention(block, q_shape, kv_len, v_dim, top_k, mask_shape=None, isa=None):
     if has_fast_kernel(q_shape[3], v_dim):
         return sparse_kernel(block, int(_static(q_shape[3])), int(_static(v_dim)), mask_shape, current_isa(isa))
     return _sparse_attention_te(block, q_shape, kv_len, v_dim, top_k, mask_shape)
 
 
+@kernel_cache
 def sparse_attention_group(block, q_shape, kv_len, v_dim, top_k, mask_shape=None, isa=None):
     """Group mode: (q, k, v, idx [B,Hkv,Sq,K][, mask], out) -> None; static head dims only."""
     if not has_fast_kernel(q_shape[3], v_dim):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from .._compat import T, tirx
 from ..block import CEIL_EPS, MASKED_BELOW, CausalMode, KVMap
+from ._cache import kernel_cache
 from ._isa import bcast, current_isa, vec, vmax_all, vmin_all, vsum_all
 from .pilot import score_shift
 
@@ -234,6 +235,7 @@ def row_selector(isa, masked: bool, key_dtype: str = "int32"):
     return build_lut, select_row, CW, WK
 
 
+@kernel_cache
 def topk_indices(block, k_min: int, mask_shape=None, isa=None, score_dtype: str = "int32"):
     """PrimFunc (scores, ratio[H] f64[, q_scale[H], k_scale[Hkv], mask], idx) -> None.
 

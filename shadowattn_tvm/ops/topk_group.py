@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from .._compat import T, tirx
 from ..block import MASKED_BELOW, CausalMode, KVMap
+from ._cache import kernel_cache
 from ._isa import bcast, current_isa, vec, vmax_all, vsum_all
 from .pilot import score_shift
 from .topk import INT32_MIN, float_key, keep_budget, row_selector
@@ -28,6 +29,7 @@ from .topk import INT32_MIN, float_key, keep_budget, row_selector
 _ROWS = 16  # (KV head, query row) pairs per parallel task
 
 
+@kernel_cache
 def topk_group_indices(block, k_min: int, mask_shape=None, isa=None, score_dtype: str = "int32"):
     """PrimFunc (scores, ratio[Hkv] f64, q_scale[H], k_scale[Hkv][, mask], idx[B,Hkv,Sq,K]) -> None."""
     isa = current_isa(isa)
