@@ -100,7 +100,7 @@ def adreno_kernels(ir, target, profile: SparsityProfile, k_min: int) -> tuple[li
     """The OpenCL kernels of the attention blocks split in `ir` (static shapes) and
     {layer: reason} of the blocks whose CPU-lane stages stay on the CPU."""
     blocks = attention_blocks(ir)
-    cpu_only = {split.block.layer: _cpu_only(split) for split in blocks if _cpu_only(split) is not None}
+    cpu_only = {split.block.layer: reason for split in blocks if (reason := _cpu_only(split)) is not None}
     kernels, taken = [], {}
     for (kind, _generic, _), (block, shapes, layers) in _variants(
             [split for split in blocks if split.block.layer not in cpu_only], profile, k_min).items():

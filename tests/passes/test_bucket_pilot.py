@@ -192,37 +192,28 @@ NUMERIC_SPECS = [
 ]
 
 
-@pytest.mark.parametrize("spec", NUMERIC_SPECS, ids=lambda s: f"{s.gqa}-{s.mask}-b{s.batch}")
-def test_bucketed_block_equals_numpy_reference_with_the_chosen_bucket_scales(spec):
-    inputs = random_inputs(spec, seed=7)
-    stats = _stats_of(spec, inputs)
-    grid_options = GridOptions(q_points=2, k_points=2)
-    options = NPUOptions(kv_buckets=(16, 32, 48, 64), q_chunk=16, stats=stats, costs=GivenCosts(), grid=grid_options)
-    _, mod = _bucketed(spec, options, keep=0.3)
-    out = run_module(mod, inputs, sat.lowering())
-    q, k = (x.transpose(0, 2, 1, 3) for x in inputs[:2])
-    q_scales, k_scales, _ = bucket_scales(spec.block(), BucketGrid.build(0, stats, grid_options), q, k)
-    expected, _, _ = sparse_reference(spec, inputs, [0.3] * spec.heads, 4, q_scales=q_scales, k_scales=k_scales)
-    np.testing.assert_allclose(out, expected, rtol=2e-5, atol=2e-5)
+# per head on every form; group selection (a launch unit is one KV group: its rows are ranked once
+# for the group's heads, with the chosen cell's scales) on tiled GQA + padding mask + batch 2 and
+# on causal with kv_len > q_len
+NUMERIC_CASES = [(spec, "head") for spec in NUMERIC_SPECS] + [(spec, "group") for spec in NUMERIC_SPECS[1:]]
 
 
-@pytest.mark.parametrize("spec", NUMERIC_SPECS[1:], ids=lambda s: f"{s.gqa}-{s.mask}-b{s.batch}")
-def test_group_selection_in_launch_units_equals_numpy_reference(spec):
-    """A launch unit is one KV group: group selection ranks its rows once for the group's heads,
-    with the chosen cell's scales (padding mask, tiled GQA, batch 2; causal with kv_len > q_len)."""
+@pytest.mark.parametrize("spec,selection", NUMERIC_CASES,
+                         ids=lambda x: f"{x.gqa}-{x.mask}-b{x.batch}" if isinstance(x, AttentionSpec) else x)
+def test_bucketed_block_equals_numpy_reference_with_the_chosen_bucket_scales(spec, selection):
     inputs = random_inputs(spec, seed=7)
     stats = _stats_of(spec, inputs)
     grid_options = GridOptions(q_points=2, k_points=2)
     options = NPUOptions(kv_buckets=(16, 32, 48, 64), q_chunk=16, stats=stats, costs=GivenCosts(), grid=grid_options)
     ratios = [0.3, 0.1, 0.4, 0.2, 0.25, 0.35][:spec.heads]
     profile = SparsityProfile(keep=0.25, layers=(LayerProfile(tuple(ratios)),))
-    _, mod = _bucketed(spec, options, profile, selection="group")
+    _, mod = _bucketed(spec, options, profile, selection=selection)
     names = [gv.name_hint for gv in mod.functions]
-    assert any(n.startswith("sat_topk_group") for n in names) and not any(n.startswith("sat_topk_masked") for n in names)
+    assert any(n.startswith("sat_topk_group") for n in names) == (selection == "group")
     out = run_module(mod, inputs, sat.lowering())
     q, k = (x.transpose(0, 2, 1, 3) for x in inputs[:2])
     q_scales, k_scales, _ = bucket_scales(spec.block(), BucketGrid.build(0, stats, grid_options), q, k)
     expected, idx, _ = sparse_reference(spec, inputs, ratios, 4, q_scales=q_scales, k_scales=k_scales,
-                                        selection="group")
-    assert idx.shape[1] == spec.kv_heads
+                                        selection=selection)
+    assert idx.shape[1] == (spec.kv_heads if selection == "group" else spec.heads)
     np.testing.assert_allclose(out, expected, rtol=2e-5, atol=2e-5)

@@ -1,7 +1,7 @@
 """Tuning tasks from the compiled model and argument checks. A tuning run itself (records in
 MetaSchedule's layout, shipped baselines, resume, tuned vs shipped) is in
-tests/runtime/test_tune_faults.py, which also kills the device mid-run; one MetaSchedule run costs
-~1-2 min of fixed start-up, so the suite does two (that one, and the emulated phone's)."""
+tests/runtime/test_tune_faults.py, which also kills the device mid-run; the suite does two
+MetaSchedule runs (that one, and the emulated phone's), each ~1 min on two workers."""
 import pytest
 from tvm import relax
 
