@@ -188,13 +188,13 @@ class NPULane:
 
     # ------------------------------------------------------------ one launch
     def _execute(self, job: _Job) -> None:
+        c0, t0 = time.thread_time_ns(), time.perf_counter_ns()  # the stage event includes the cell's choice
         try:
             geometry, q, k, q_scale, k_scale, cells, stage, graphs = job.args
             unit = LaunchUnit.from_geometry(geometry)
             table = cells.numpy()
             cell = select_cell(table, q_scale.numpy()[list(unit.heads)], float(k_scale.numpy()[unit.kv_head]))
             q_buf, k_buf, scores, scores3 = self._unit_buffers(unit, str(q.dtype), int(q.shape[3]))
-            c0, t0 = time.thread_time_ns(), time.perf_counter_ns()
             stage(q, k, q_buf, k_buf, unit.batch, unit.head0, unit.head_stride, unit.kv_head, unit.row0, unit.rows,
                   unit.kv_valid)
             t1, c1 = time.perf_counter_ns(), time.thread_time_ns()
