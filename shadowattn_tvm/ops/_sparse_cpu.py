@@ -10,7 +10,11 @@ A. logits: key blocks of `_KEY_BLOCK` keys in order; in each block every pair ta
    reduction (shuffle-adds) to one G-lane vector of dots. Rows of a tile share keys, so a
    block's K rows are read from memory once and then from L1 by the other pairs.
 B. per pair, vectorised: row max, exp (polynomial), sum: an exact softmax, no rescaling.
-C. p·V in the same block order, the pair's Dv accumulators in registers.
+C. p·V in the same block order, the pair's Dv accumulators in registers. In group mode the
+   row's heads share its slots, so a row takes them once for all heads: HB heads x VC vectors
+   of Dv accumulators per pass (`_pv_tile`), each V vector loaded once for HB heads (2026-12-07,
+   Qwen2 block at 2048-4096 tokens on the Zen 3 host: the group kernel 10-14 % faster). The same
+   sharing in phase A (HA heads x GA keys of dot accumulators) measured no faster and was left out.
 
 Index slots are visited in order, so any order is correct; ascending (as top-k writes them)
 keeps the key blocks hot. Trailing -1 slots are skipped, other -1 slots get logit -inf. A pair
@@ -44,8 +48,17 @@ def _dot_tile(isa, d: int):
     return keys, chains
 
 
+def _pv_tile(isa, group: int, dv_vectors: int):
+    """Group p·V tile (heads HB, V vectors VC): HB x VC accumulators, HB broadcast weights and a V
+    vector in registers; of the tiles that fit, the one with the fewest loads per key (each head
+    chunk reloads the row's V vectors, each V chunk reloads the heads' weights)."""
+    tiles = [(hb, vc) for hb in range(1, group + 1) for vc in range(1, dv_vectors + 1)
+             if dv_vectors % vc == 0 and hb * vc + hb + 1 <= isa.registers]
+    return min(tiles, key=lambda t: (-(-group // t[0]) * dv_vectors + group * dv_vectors // t[1], t[0] * t[1]))
+
+
 def sparse_kernel(block, D: int, DV: int, mask_shape, isa, group_mode: bool = False, key_block: int = _KEY_BLOCK,
-                  pairs: int = _PAIRS, dot_tile=None):
+                  pairs: int = _PAIRS, dot_tile=None, pv_tile=None):
     has_mask = mask_shape is not None
     mask_b1 = has_mask and int(mask_shape[0]) == 1
     mask_h1 = has_mask and int(mask_shape[1]) == 1
@@ -63,6 +76,9 @@ def sparse_kernel(block, D: int, DV: int, mask_shape, isa, group_mode: bool = Fa
     KB = key_block
     PAD = max(G, W)
     PU = 2  # p·V slots per loop step (one FMA chain per accumulator: unrolling is all it buys)
+    HB, VC = pv_tile or _pv_tile(isa, group, DV // WV)
+    if HB < 1 or VC < 1 or (DV // WV) % VC:
+        raise ValueError(f"pv_tile {(HB, VC)}: need >= 1 heads and a number of vectors dividing Dv's {DV // WV}")
     f32 = "float32"
     neg_inf = tirx.const(float("-inf"), f32)
     zero64 = tirx.const(0, "int64")
@@ -137,6 +153,37 @@ def sparse_kernel(block, D: int, DV: int, mask_shape, isa, group_mode: bool = Fa
             for c in T.unroll(DV // WV):
                 ar[T.Ramp(c * WV, 1, WV)] = ar[T.Ramp(c * WV, 1, WV)] + pv_term(VF, rw, lg, p, t + u, c)
 
+    def pv_chunk(hb):
+        """ag += p * V over slots lo..hi of a row, for heads j0..j0+hb-1 and V vectors c0..c0+VC-1."""
+
+        @T.macro
+        def chunk(VF, rw, lg, acc, ag, p0, j0, c0, lo, hi):
+            for jj in T.unroll(hb):
+                for c in T.unroll(VC):
+                    ag[jj * VC + c, T.Ramp(0, 1, WV)] = acc[p0 + j0 + jj, T.Ramp((c0 + c) * WV, 1, WV)]
+            for t in range(lo, hi):
+                base = T.Bind(T.Cast("int64", rw[p0, t]) * DV)
+                for c in T.unroll(VC):
+                    vv = T.Bind(vec(VF, [base + (c0 + c) * WV], WV, f32))
+                    for jj in T.unroll(hb):
+                        ag[jj * VC + c, T.Ramp(0, 1, WV)] = ag[jj * VC + c, T.Ramp(0, 1, WV)] + bcast(lg[p0 + j0 + jj, t], WV) * vv
+            for jj in T.unroll(hb):
+                for c in T.unroll(VC):
+                    acc[p0 + j0 + jj, T.Ramp((c0 + c) * WV, 1, WV)] = ag[jj * VC + c, T.Ramp(0, 1, WV)]
+
+        return chunk
+
+    full_chunk, rest_chunk = pv_chunk(HB), pv_chunk(group % HB or HB)
+
+    @T.macro
+    def pv_row(VF, rw, lg, acc, ag, p0, lo, hi):
+        for cj in T.unroll(group // HB):
+            for cc in T.unroll(DV // WV // VC):
+                full_chunk(VF, rw, lg, acc, ag, p0, cj * HB, cc * VC, lo, hi)
+        if group % HB != 0:
+            for cc in T.unroll(DV // WV // VC):
+                rest_chunk(VF, rw, lg, acc, ag, p0, group // HB * HB, cc * VC, lo, hi)
+
     @T.macro
     def body(Q, K, V, IDX, MASK, OUT):
         B, SQ, SKV, KK = Q.shape[0], Q.shape[2], K.shape[2], IDX.shape[3]
@@ -162,6 +209,7 @@ def sparse_kernel(block, D: int, DV: int, mask_shape, isa, group_mode: bool = Fa
             ssum = T.alloc_buffer((P,), f32, scope="global")
             qr = T.alloc_buffer((D,), f32, scope="global")
             ar = T.alloc_buffer((DV,), f32, scope="global")
+            ag = T.alloc_buffer((HB * VC, WV), f32, scope="global")
             av = T.alloc_buffer((G * CH, W), f32, scope="global")
             mv = T.alloc_buffer((W,), f32, scope="global")
             sv = T.alloc_buffer((W,), f32, scope="global")
@@ -273,22 +321,32 @@ def sparse_kernel(block, D: int, DV: int, mask_shape, isa, group_mode: bool = Fa
                         st[p, 0] = zero64  # every logit -inf: output 0 (not the dense fallback)
                         st[p, 2] = T.int64(-1)
             # ---------------------------------------------------------------- C: p·V
-            for kb in range(nblk + 1):
-                for p in range(npairs):
-                    h = T.Bind(head(hk, p % group))
-                    i = T.Bind(i0 + p // group)
-                    ihd = T.Bind(ih(hk, h))
-                    lo = T.Bind(T.Select(kb > 0, bnd[p, T.max(kb - 1, 0)], zero64))
-                    hi = T.Bind(T.Select(st[p, 0] > zero64, bnd[p, kb], zero64))
-                    if lo < hi:
-                        for c in T.unroll(DV // WV):
-                            ar[T.Ramp(c * WV, 1, WV)] = acc[p, T.Ramp(c * WV, 1, WV)]
-                        for t2 in range((hi - lo) // PU):
-                            pv_step(VF, rw, lg, ar, p, lo + PU * t2, PU)
-                        for t1 in range((hi - lo) // PU * PU, hi - lo):
-                            pv_step(VF, rw, lg, ar, p, lo + t1, 1)
-                        for c in T.unroll(DV // WV):
-                            acc[p, T.Ramp(c * WV, 1, WV)] = ar[T.Ramp(c * WV, 1, WV)]
+            if group_mode:
+                # the row's heads share its slots: each V vector loaded once feeds HB heads
+                for kb in range(nblk + 1):
+                    for r in range(npairs // group):
+                        p0 = T.Bind(r * group)
+                        lo = T.Bind(T.Select(kb > 0, bnd[p0, T.max(kb - 1, 0)], zero64))
+                        hi = T.Bind(bnd[p0, kb])
+                        if lo < hi:
+                            pv_row(VF, rw, lg, acc, ag, p0, lo, hi)
+            else:
+                for kb in range(nblk + 1):
+                    for p in range(npairs):
+                        h = T.Bind(head(hk, p % group))
+                        i = T.Bind(i0 + p // group)
+                        ihd = T.Bind(ih(hk, h))
+                        lo = T.Bind(T.Select(kb > 0, bnd[p, T.max(kb - 1, 0)], zero64))
+                        hi = T.Bind(T.Select(st[p, 0] > zero64, bnd[p, kb], zero64))
+                        if lo < hi:
+                            for c in T.unroll(DV // WV):
+                                ar[T.Ramp(c * WV, 1, WV)] = acc[p, T.Ramp(c * WV, 1, WV)]
+                            for t2 in range((hi - lo) // PU):
+                                pv_step(VF, rw, lg, ar, p, lo + PU * t2, PU)
+                            for t1 in range((hi - lo) // PU * PU, hi - lo):
+                                pv_step(VF, rw, lg, ar, p, lo + t1, 1)
+                            for c in T.unroll(DV // WV):
+                                acc[p, T.Ramp(c * WV, 1, WV)] = ar[T.Ramp(c * WV, 1, WV)]
             # ---------------------------------------------------------------- output
             for p in range(npairs):
                 h = T.Bind(head(hk, p % group))

@@ -302,3 +302,25 @@ def test_group_mode_matches_reference(rng, kv_map, causal, masked, isa):
     rows = (expected >= 0).any(-1)[:, reference.kv_index(block)]  # the others: dense fallback, tested above
     np.testing.assert_allclose(out.numpy()[rows], reference.sparse_attention_group(q, k, v, expected, block, mask)[rows],
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("pv_tile", [(2, 4), (2, 2), (1, 1)], ids=lambda t: f"{t[0]}heads_x{t[1]}vectors")
+def test_group_pv_tiles_that_leave_a_rest_chunk(rng, pv_tile):
+    """Group p·V takes a row's heads HB at a time: with 3 heads per group, 2 (and 1) leave a rest
+    chunk, as Qwen2's group of 7 does on AVX2 (3 + 3 + 1); every tile gives the reference."""
+    from shadowattn_tvm.ops._sparse_cpu import sparse_kernel
+
+    block = _block(causal=CausalMode.TOP_LEFT, kv_map=KVMap.TILE, mask=True)
+    sq = skv = 37
+    q, k, v = _qkv(rng, block, sq, skv)
+    idx = np.full((1, 2, sq, 10), -1, "int32")
+    for hk in range(2):
+        for i in range(sq):
+            keys = np.sort(rng.permutation(i + 1)[:8])  # top-k's layout: ascending, -1 padded
+            idx[0, hk, i, :len(keys)] = keys
+    mask = (rng.integers(-8, 8, (1, 1, sq, skv)) / 8).astype("float32")
+    func = build_prim(sparse_kernel(block, 32, 32, mask.shape, _isa.AVX2, group_mode=True, pv_tile=pv_tile))
+    out = _empty(q.shape, "float32")
+    func(*[_t(a) for a in [q, k, v, idx, mask]], out)
+    np.testing.assert_allclose(out.numpy(), reference.sparse_attention_group(q, k, v, idx, block, mask),
+                               rtol=1e-5, atol=1e-5)
