@@ -9,7 +9,8 @@ kernels (the pilot's int8 MACs are counted as flops too), GB/s of the stream pea
 (bytes of visible scores read once).
 
 Rows: the per-head CPU lane with int32 pilot scores (what the NPU graphs produce) and with the
-CPU pilot's int16 scores, and the group mode (one selection per KV head and query row).
+CPU pilot's int16 scores, and the group mode (one selection per KV head and query row), its
+top-k also on int16 scores (what an NPU graph emitting int16 would give; the graphs emit int32).
 
     pip install -e '.[bench]' && python benchmarks/attention_kernels.py [--tokens 1024 2048 4096]
 """
@@ -175,18 +176,18 @@ def bench(tokens: int, keep: float, k_min: int, repeat: int, dense_max: int):
         kept[dtype] = int((idx.numpy() >= 0).sum())
         fns[f"top-k ({dtype} scores)"] = (lambda f, s, i: lambda: f(s, ratios, i))(topk_fn, scores, idx)
         work[f"top-k ({dtype} scores)"] = (None, causal_pairs * np.dtype(dtype).itemsize)
+        # group mode: one selection per KV head and query row, shared by the group's heads
+        group_topk = _prim(topk_group.topk_group_indices(block, k_min, score_dtype=dtype))
+        gidx = tvm.runtime.empty((1, hkv, tokens, top), "int32", DEV)
+        group_topk(scores, ratios_g, tqs, tks, gidx)
+        fns[f"group top-k ({dtype} scores)"] = (lambda f, s, i: lambda: f(s, ratios_g, tqs, tks, i))(group_topk, scores, gidx)
+        work[f"group top-k ({dtype} scores)"] = (None, causal_pairs * np.dtype(dtype).itemsize)
         if dtype == "int32":
             sparse_fn = _prim(sparse_attention.sparse_attention(block, q.shape, tokens, d, top))
             fns["sparse attention"] = (lambda i: lambda: sparse_fn(tq, tk, tv, i, out))(idx)
             work["sparse attention"] = (4 * kept[dtype] * d, None)
-            # group mode: one selection per KV head and query row, shared by the group's heads
-            group_topk = _prim(topk_group.topk_group_indices(block, k_min))
-            gidx = tvm.runtime.empty((1, hkv, tokens, top), "int32", DEV)
-            group_topk(scores, ratios_g, tqs, tks, gidx)
-            fns["group top-k (int32 scores)"] = (lambda s: lambda: group_topk(s, ratios_g, tqs, tks, gidx))(scores)
-            work["group top-k (int32 scores)"] = (None, causal_pairs * 4)
             group_sparse = _prim(sparse_attention.sparse_attention_group(block, q.shape, tokens, d, top))
-            fns["group sparse attention"] = lambda: group_sparse(tq, tk, tv, gidx, out)
+            fns["group sparse attention"] = (lambda i: lambda: group_sparse(tq, tk, tv, i, out))(gidx)
             work["group sparse attention"] = (4 * int((gidx.numpy() >= 0).sum()) * block.group * d, None)
     rows = {name: (ms,) + work[name] for name, ms in interleaved_ms(fns, repeat).items()}
     if dense_ms is not None:
@@ -226,6 +227,7 @@ def main(argv=None):
             "top-k + sparse, int32 scores": ("top-k (int32 scores)", "sparse attention"),
             "top-k + sparse, int16 scores": ("top-k (int16 scores)", "sparse attention"),
             "group top-k + group sparse": ("group top-k (int32 scores)", "group sparse attention"),
+            "group, int16 scores": ("group top-k (int16 scores)", "group sparse attention"),
         }
         for name, parts in lanes.items():
             rows[name] = (sum(rows[p][0] for p in parts), None, None)
