@@ -75,6 +75,7 @@ def sparse_kernel(block, D: int, DV: int, mask_shape, isa, group_mode: bool = Fa
     P = R * group
     KB = key_block
     PAD = max(G, W)
+    NPF = 1 if group_mode else group  # index rows per query row
     PU = 2  # p·V slots per loop step (one FMA chain per accumulator: unrolling is all it buys)
     HB, VC = pv_tile or _pv_tile(isa, group, DV // WV)
     if HB < 1 or VC < 1 or (DV // WV) % VC:
@@ -89,6 +90,14 @@ def sparse_kernel(block, D: int, DV: int, mask_shape, isa, group_mode: bool = Fa
     def ih(hk, h):
         """The idx head of a pair: its own head, or its KV head in group mode."""
         return hk if group_mode else h
+
+    def ri(p):
+        """The pair's row of `rw`: one per pair, or one per query row in group mode (its heads share it)."""
+        return p // group if group_mode else p
+
+    def shares_row(p):
+        """Group mode: the pair's slots are its row's first pair's (set up once per row)."""
+        return p % group != 0 if group_mode else tirx.const(False)
 
     def mval(MASK, b, h, i, key):
         return MASK[zero64 if mask_b1 else b, zero64 if mask_h1 else h, i, key].astype(f32)
@@ -144,7 +153,7 @@ def sparse_kernel(block, D: int, DV: int, mask_shape, isa, group_mode: bool = Fa
                 OUT[b, h, i, T.Ramp(c * WV, 1, WV)] = T.Cast(f"{dtype}x{WV}", bcast(T.float32("nan"), WV))
 
     def pv_term(VF, rw, lg, p, t, c):
-        return bcast(lg[p, t], WV) * vec(VF, [tirx.Cast("int64", rw[p, t]) * DV + c * WV], WV, f32)
+        return bcast(lg[p, t], WV) * vec(VF, [tirx.Cast("int64", rw[ri(p), t]) * DV + c * WV], WV, f32)
 
     @T.macro
     def pv_step(VF, rw, lg, ar, p, t, U):
@@ -162,7 +171,7 @@ def sparse_kernel(block, D: int, DV: int, mask_shape, isa, group_mode: bool = Fa
                 for c in T.unroll(VC):
                     ag[jj * VC + c, T.Ramp(0, 1, WV)] = acc[p0 + j0 + jj, T.Ramp((c0 + c) * WV, 1, WV)]
             for t in range(lo, hi):
-                base = T.Bind(T.Cast("int64", rw[p0, t]) * DV)
+                base = T.Bind(T.Cast("int64", rw[ri(p0), t]) * DV)
                 for c in T.unroll(VC):
                     vv = T.Bind(vec(VF, [base + (c0 + c) * WV], WV, f32))
                     for jj in T.unroll(hb):
@@ -203,7 +212,7 @@ def sparse_kernel(block, D: int, DV: int, mask_shape, isa, group_mode: bool = Fa
             qt = T.alloc_buffer((P, D), f32, scope="global")
             acc = T.alloc_buffer((P, DV), f32, scope="global")
             lg = T.alloc_buffer((P, KK + PAD), f32, scope="global")
-            rw = T.alloc_buffer((P, KK + PAD), "int32", scope="global")  # flat K/V row of each slot
+            rw = T.alloc_buffer((R if group_mode else P, KK + PAD), "int32", scope="global")  # flat K/V row of each slot
             bnd = T.alloc_buffer((P, NBMAX), "int64", scope="global")  # slots done after each key block
             st = T.alloc_buffer((P, 3), "int64", scope="global")  # used slots, next slot in A, has holes
             ssum = T.alloc_buffer((P,), f32, scope="global")
@@ -227,34 +236,39 @@ def sparse_kernel(block, D: int, DV: int, mask_shape, isa, group_mode: bool = Fa
                     qt[p, T.Ramp(c * W, 1, W)] = vec(Q, [b, h, i, c * W], W, f32)
                 for c in T.unroll(DV // WV):
                     acc[p, T.Ramp(c * WV, 1, WV)] = bcast(T.float32(0), WV)
-                # drop trailing -1 slots (top-k pads a row's tail): W at a time, then one by one
-                pt[0] = KK
-                ik[0] = -1
-                while pt[0] >= W and ik[0] < 0:
-                    ik[0] = vmax_all(vec(IDX, [b, ihd, i, pt[0] - W], W), W)
-                    if ik[0] < 0:
-                        pt[0] = pt[0] - W
-                while pt[0] > zero64 and IDX[b, ihd, i, pt[0] - 1] < 0:
-                    pt[0] = pt[0] - 1
-                st[p, 0] = pt[0]
-                st[p, 1] = zero64
-                # K/V rows of the used slots (-1 -> key 0, masked in phase B), padded with the last
-                # one so that whole groups of G slots read valid rows; and whether -1 slots occur
-                # inside the used part (never from top-k)
-                iv[T.Ramp(0, 1, W)] = bcast(T.int32(0), W)
-                for c in range(pt[0] // W):
-                    x = T.Bind(vec(IDX, [b, ihd, i, c * W], W))
-                    iv[T.Ramp(0, 1, W)] = T.min(iv[T.Ramp(0, 1, W)], x)
-                    rw[p, T.Ramp(c * W, 1, W)] = T.max(x, bcast(T.int32(0), W)) + bcast(rbase, W)
-                ik[0] = vmin_all(iv[T.Ramp(0, 1, W)], W)
-                for t in range(pt[0] // W * W, pt[0]):
-                    ik[0] = T.min(ik[0], IDX[b, ihd, i, t])
-                    rw[p, t] = T.max(IDX[b, ihd, i, t], 0) + rbase
-                for t in range(PAD):
-                    rw[p, pt[0] + t] = T.Select(pt[0] > zero64, rw[p, T.max(pt[0] - 1, zero64)], rbase)
-                st[p, 2] = T.Cast("int64", ik[0] < 0)
-                if pt[0] > zero64:
-                    pt[1] = T.max(pt[1], T.Cast("int64", IDX[b, ihd, i, pt[0] - 1]) + 1)
+                if shares_row(p):
+                    st[p, 0] = st[p - p % group, 0]
+                    st[p, 1] = zero64
+                    st[p, 2] = st[p - p % group, 2]
+                else:
+                    # drop trailing -1 slots (top-k pads a row's tail): W at a time, then one by one
+                    pt[0] = KK
+                    ik[0] = -1
+                    while pt[0] >= W and ik[0] < 0:
+                        ik[0] = vmax_all(vec(IDX, [b, ihd, i, pt[0] - W], W), W)
+                        if ik[0] < 0:
+                            pt[0] = pt[0] - W
+                    while pt[0] > zero64 and IDX[b, ihd, i, pt[0] - 1] < 0:
+                        pt[0] = pt[0] - 1
+                    st[p, 0] = pt[0]
+                    st[p, 1] = zero64
+                    # K/V rows of the used slots (-1 -> key 0, masked in phase B), padded with the last
+                    # one so that whole groups of G slots read valid rows; and whether -1 slots occur
+                    # inside the used part (never from top-k)
+                    iv[T.Ramp(0, 1, W)] = bcast(T.int32(0), W)
+                    for c in range(pt[0] // W):
+                        x = T.Bind(vec(IDX, [b, ihd, i, c * W], W))
+                        iv[T.Ramp(0, 1, W)] = T.min(iv[T.Ramp(0, 1, W)], x)
+                        rw[ri(p), T.Ramp(c * W, 1, W)] = T.max(x, bcast(T.int32(0), W)) + bcast(rbase, W)
+                    ik[0] = vmin_all(iv[T.Ramp(0, 1, W)], W)
+                    for t in range(pt[0] // W * W, pt[0]):
+                        ik[0] = T.min(ik[0], IDX[b, ihd, i, t])
+                        rw[ri(p), t] = T.max(IDX[b, ihd, i, t], 0) + rbase
+                    for t in range(PAD):
+                        rw[ri(p), pt[0] + t] = T.Select(pt[0] > zero64, rw[ri(p), T.max(pt[0] - 1, zero64)], rbase)
+                    st[p, 2] = T.Cast("int64", ik[0] < 0)
+                    if pt[0] > zero64:
+                        pt[1] = T.max(pt[1], T.Cast("int64", IDX[b, ihd, i, pt[0] - 1]) + 1)
             nblk = T.Bind((pt[1] + KB - 1) // KB)
             # the next task's index rows stream into L2 while this tile computes (the first touch
             # of idx, which top-k wrote, is a DRAM read)
@@ -263,9 +277,9 @@ def sparse_kernel(block, D: int, DV: int, mask_shape, isa, group_mode: bool = Fa
                 i0n = T.Bind(T.Select(zn % 2 == 0, zn // 2, NT - 1 - zn // 2) * R)
                 bn = T.Bind((task + 1) // (kv_heads * NT))
                 hkn = T.Bind((task + 1) // NT % kv_heads)
-                for pn in range(T.min(T.int64(R), SQ - i0n) * group):
+                for pn in range(T.min(T.int64(R), SQ - i0n) * NPF):
                     for c in range((KK + 15) // 16):
-                        T.evaluate(prefetch(T.address_of(IDX[bn, ih(hkn, head(hkn, pn % group)), i0n + pn // group, c * 16])))
+                        T.evaluate(prefetch(T.address_of(IDX[bn, ih(hkn, head(hkn, pn % NPF)), i0n + pn // NPF, c * 16])))
             # ---------------------------------------------------------------- A: logits
             for kb in range(nblk + 1):
                 end = T.Bind(T.Select(kb < nblk, (kb + 1) * KB, T.int64(_NO_END)))
@@ -275,13 +289,13 @@ def sparse_kernel(block, D: int, DV: int, mask_shape, isa, group_mode: bool = Fa
                     ihd = T.Bind(ih(hk, h))
                     n = T.Bind(st[p, 0])
                     if st[p, 1] < n:
-                        if T.Cast("int64", rw[p, st[p, 1]] - rbase) < end:
+                        if T.Cast("int64", rw[ri(p), st[p, 1]] - rbase) < end:
                             for c in T.unroll(D // W):
                                 qr[T.Ramp(c * W, 1, W)] = qt[p, T.Ramp(c * W, 1, W)]
                             pt[0] = st[p, 1]
-                            while pt[0] < n and T.Cast("int64", rw[p, pt[0]] - rbase) < end:
+                            while pt[0] < n and T.Cast("int64", rw[ri(p), pt[0]] - rbase) < end:
                                 for g in T.unroll(G):
-                                    row = T.Bind(T.Cast("int64", rw[p, pt[0] + g]) * D)
+                                    row = T.Bind(T.Cast("int64", rw[ri(p), pt[0] + g]) * D)
                                     for c in T.unroll(CH):
                                         av[g * CH + c, T.Ramp(0, 1, W)] = qr[T.Ramp(c * W, 1, W)] * vec(KF, [row + c * W], W, f32)
                                     for c in T.unroll(D // W - CH):
