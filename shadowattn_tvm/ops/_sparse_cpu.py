@@ -2,8 +2,8 @@
 
 One parallel task owns a tile: R query rows of one KV head and all the query heads that read it
 ("pairs", R x group of them). Setup turns each pair's index row into flat K/V row numbers
-(padded, so groups of slots never need a bound check) and prefetches the next tile's index
-rows. Then three phases:
+(padded, so groups of slots never need a bound check; in group mode once per query row, whose
+heads share it) and prefetches the next tile's index rows. Then three phases:
 
 A. logits: key blocks of `_KEY_BLOCK` keys in order; in each block every pair takes its selected
    keys there, G at a time: G accumulators over d with q in registers, then a transposed
