@@ -10,11 +10,12 @@ A. logits: key blocks of `_KEY_BLOCK` keys in order; in each block every pair ta
    reduction (shuffle-adds) to one G-lane vector of dots. Rows of a tile share keys, so a
    block's K rows are read from memory once and then from L1 by the other pairs.
 B. per pair, vectorised: row max, exp (polynomial), sum: an exact softmax, no rescaling.
-C. p·V in the same block order, the pair's Dv accumulators in registers. In group mode the
-   row's heads share its slots, so a row takes them once for all heads: HB heads x VC vectors
-   of Dv accumulators per pass (`_pv_tile`), each V vector loaded once for HB heads (2026-12-07,
-   Qwen2 block at 2048-4096 tokens on the Zen 3 host: the group kernel 10-14 % faster). The same
-   sharing in phase A (HA heads x GA keys of dot accumulators) measured no faster and was left out.
+C. p·V in the same block order, per unit of pairs sharing their slots (a pair; a query row's
+   heads in group mode): HB heads x VC vectors of Dv accumulators per pass over the slots
+   (`_pv_tile`), each V vector loaded once for HB heads. Per head that is one pair with all its
+   Dv accumulators in registers; in group mode 3 heads x 4 vectors on AVX2 (2026-12-07, Qwen2
+   block at 2048-4096 tokens on the Zen 3 host: the group kernel 10-14 % faster than per pair).
+   The same sharing in phase A (heads x keys of dot accumulators) measured no faster.
 
 Index slots are visited in order, so any order is correct; ascending (as top-k writes them)
 keeps the key blocks hot. Trailing -1 slots are skipped, other -1 slots get logit -inf. A pair
@@ -49,8 +50,8 @@ def _dot_tile(isa, d: int):
 
 
 def _pv_tile(isa, group: int, dv_vectors: int):
-    """Group p·V tile (heads HB, V vectors VC): HB x VC accumulators, HB broadcast weights and a V
-    vector in registers; of the tiles that fit, the one with the fewest loads per key (each head
+    """p·V tile of `group` pairs sharing slots (heads HB, V vectors VC): HB x VC accumulators, HB
+    broadcast weights and a V vector in registers; of the tiles that fit, the one with the fewest loads per key (each head
     chunk reloads the row's V vectors, each V chunk reloads the heads' weights)."""
     tiles = [(hb, vc) for hb in range(1, group + 1) for vc in range(1, dv_vectors + 1)
              if dv_vectors % vc == 0 and hb * vc + hb + 1 <= isa.registers]
@@ -76,8 +77,8 @@ def sparse_kernel(block, D: int, DV: int, mask_shape, isa, group_mode: bool = Fa
     KB = key_block
     PAD = max(G, W)
     NPF = 1 if group_mode else group  # index rows per query row
-    PU = 2  # p·V slots per loop step (one FMA chain per accumulator: unrolling is all it buys)
-    HB, VC = pv_tile or _pv_tile(isa, group, DV // WV)
+    CU = group if group_mode else 1  # pairs that share their slots: a row's heads in group mode
+    HB, VC = pv_tile or _pv_tile(isa, CU, DV // WV)
     if HB < 1 or VC < 1 or (DV // WV) % VC:
         raise ValueError(f"pv_tile {(HB, VC)}: need >= 1 heads and a number of vectors dividing Dv's {DV // WV}")
     f32 = "float32"
@@ -152,18 +153,8 @@ def sparse_kernel(block, D: int, DV: int, mask_shape, isa, group_mode: bool = Fa
             for c in T.unroll(DV // WV):
                 OUT[b, h, i, T.Ramp(c * WV, 1, WV)] = T.Cast(f"{dtype}x{WV}", bcast(T.float32("nan"), WV))
 
-    def pv_term(VF, rw, lg, p, t, c):
-        return bcast(lg[p, t], WV) * vec(VF, [tirx.Cast("int64", rw[ri(p), t]) * DV + c * WV], WV, f32)
-
-    @T.macro
-    def pv_step(VF, rw, lg, ar, p, t, U):
-        """ar += p * V[key] for U consecutive slots from t (one FMA chain per accumulator)."""
-        for u in T.unroll(U):
-            for c in T.unroll(DV // WV):
-                ar[T.Ramp(c * WV, 1, WV)] = ar[T.Ramp(c * WV, 1, WV)] + pv_term(VF, rw, lg, p, t + u, c)
-
     def pv_chunk(hb):
-        """ag += p * V over slots lo..hi of a row, for heads j0..j0+hb-1 and V vectors c0..c0+VC-1."""
+        """acc += p * V over slots lo..hi for pairs p0+j0..p0+j0+hb-1 and V vectors c0..c0+VC-1."""
 
         @T.macro
         def chunk(VF, rw, lg, acc, ag, p0, j0, c0, lo, hi):
@@ -182,16 +173,17 @@ def sparse_kernel(block, D: int, DV: int, mask_shape, isa, group_mode: bool = Fa
 
         return chunk
 
-    full_chunk, rest_chunk = pv_chunk(HB), pv_chunk(group % HB or HB)
+    full_chunk, rest_chunk = pv_chunk(HB), pv_chunk(CU % HB or HB)
 
     @T.macro
-    def pv_row(VF, rw, lg, acc, ag, p0, lo, hi):
-        for cj in T.unroll(group // HB):
+    def pv_unit(VF, rw, lg, acc, ag, p0, lo, hi):
+        """p·V of the CU pairs from p0 over their shared slots lo..hi."""
+        for cj in T.unroll(CU // HB):
             for cc in T.unroll(DV // WV // VC):
                 full_chunk(VF, rw, lg, acc, ag, p0, cj * HB, cc * VC, lo, hi)
-        if group % HB != 0:
+        if CU % HB != 0:
             for cc in T.unroll(DV // WV // VC):
-                rest_chunk(VF, rw, lg, acc, ag, p0, group // HB * HB, cc * VC, lo, hi)
+                rest_chunk(VF, rw, lg, acc, ag, p0, CU // HB * HB, cc * VC, lo, hi)
 
     @T.macro
     def body(Q, K, V, IDX, MASK, OUT):
@@ -335,32 +327,14 @@ def sparse_kernel(block, D: int, DV: int, mask_shape, isa, group_mode: bool = Fa
                         st[p, 0] = zero64  # every logit -inf: output 0 (not the dense fallback)
                         st[p, 2] = T.int64(-1)
             # ---------------------------------------------------------------- C: p·V
-            if group_mode:
-                # the row's heads share its slots: each V vector loaded once feeds HB heads
-                for kb in range(nblk + 1):
-                    for r in range(npairs // group):
-                        p0 = T.Bind(r * group)
-                        lo = T.Bind(T.Select(kb > 0, bnd[p0, T.max(kb - 1, 0)], zero64))
-                        hi = T.Bind(bnd[p0, kb])
-                        if lo < hi:
-                            pv_row(VF, rw, lg, acc, ag, p0, lo, hi)
-            else:
-                for kb in range(nblk + 1):
-                    for p in range(npairs):
-                        h = T.Bind(head(hk, p % group))
-                        i = T.Bind(i0 + p // group)
-                        ihd = T.Bind(ih(hk, h))
-                        lo = T.Bind(T.Select(kb > 0, bnd[p, T.max(kb - 1, 0)], zero64))
-                        hi = T.Bind(T.Select(st[p, 0] > zero64, bnd[p, kb], zero64))
-                        if lo < hi:
-                            for c in T.unroll(DV // WV):
-                                ar[T.Ramp(c * WV, 1, WV)] = acc[p, T.Ramp(c * WV, 1, WV)]
-                            for t2 in range((hi - lo) // PU):
-                                pv_step(VF, rw, lg, ar, p, lo + PU * t2, PU)
-                            for t1 in range((hi - lo) // PU * PU, hi - lo):
-                                pv_step(VF, rw, lg, ar, p, lo + t1, 1)
-                            for c in T.unroll(DV // WV):
-                                acc[p, T.Ramp(c * WV, 1, WV)] = ar[T.Ramp(c * WV, 1, WV)]
+            # a pair whose logits were all -inf (st[p, 0] = 0 after B) accumulates garbage here,
+            # which the output never reads
+            for kb in range(nblk + 1):
+                for u in range(npairs // CU):
+                    lo = T.Bind(T.Select(kb > 0, bnd[u * CU, T.max(kb - 1, 0)], zero64))
+                    hi = T.Bind(bnd[u * CU, kb])
+                    if lo < hi:
+                        pv_unit(VF, rw, lg, acc, ag, u * CU, lo, hi)
             # ---------------------------------------------------------------- output
             for p in range(npairs):
                 h = T.Bind(head(hk, p % group))
