@@ -2,6 +2,11 @@
 
 Everything else in the package imports TVM names from here, so a future move is a one-file change.
 """
+import contextlib
+import inspect
+import sys
+import threading
+
 import tvm
 import tvm_ffi
 from tvm import relax, rpc, te, tirx
@@ -15,6 +20,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm.s_tir import Schedule
 from tvm.script import relax as R
 from tvm.script import tirx as T
+from tvm.script.parser.core.parser import ScriptMacro
 
 structural_equal = tvm_ffi.structural_equal
 structural_hash = tvm_ffi.structural_hash
@@ -28,8 +34,10 @@ def runtime_tensor(array, device=None):
 __all__ = [
     "tvm", "tvm_ffi", "rpc", "Analyzer", "Op", "Type", "Constant", "relax", "te", "tirx", "s_tir", "dpl", "PyExprMutator", "mutator", "Schedule",
     "R", "T", "structural_equal", "structural_hash", "runtime_tensor", "meta_schedule", "constant_value",
-    "set_type", "import_tensor_intrinsics",
+    "set_type", "import_tensor_intrinsics", "fast_script_parsing",
 ]
+
+_ORIGINAL_STACK = inspect.stack
 
 
 def constant_value(expr):
@@ -47,34 +55,65 @@ def meta_schedule():
     return ms
 
 
+def _find_parser_def(self):
+    """``ScriptMacro._find_parser_def`` without ``inspect.getouterframes``: the parser is found in
+    a calling frame's globals, and 0.27 builds every outer frame's source context to read them.
+    A frame with no file (``<ast>``, which the parser's evaluator compiles, ``<frozen runpy>``)
+    sends ``inspect.getmodule`` over all of ``sys.modules`` (CPython issue 92041), so each macro
+    call cost ~0.2 s with torch imported; 30 % of a test file's time went there."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        parser = frame.f_globals.get(ScriptMacro.parser_object_name)
+        if parser is not None:
+            return parser
+        frame = frame.f_back
+    raise RuntimeError(f"{ScriptMacro.parser_object_name} not available")
+
+
+ScriptMacro._find_parser_def = _find_parser_def  # same result: the nearest frame's parser
+
+_stack_lock = threading.Lock()
+_stack_users = 0
+
+
+def _shallow_stack(context=1):
+    """``inspect.stack`` with source context for the first three frames only: ``T.prim_func``
+    reads source there (``is_defined_in_class``) and only the frame objects of the rest."""
+    frames, frame = [], sys._getframe(1)
+    while frame is not None:
+        if len(frames) < 3:
+            frames.append(inspect.FrameInfo(frame, *inspect.getframeinfo(frame, context)))
+        else:
+            code = frame.f_code
+            frames.append(inspect.FrameInfo(frame, code.co_filename, frame.f_lineno, code.co_name, None, None))
+        frame = frame.f_back
+    return frames
+
+
+@contextlib.contextmanager
+def fast_script_parsing():
+    """Parse TVMScript (``T.prim_func`` calls ``inspect.stack()``) without looking up the source
+    of every outer frame, which costs a scan of ``sys.modules`` per frame without a file. Nested
+    and concurrent uses share one patch of ``inspect.stack``, restored when the last one leaves."""
+    global _stack_users
+    with _stack_lock:
+        if _stack_users == 0:
+            inspect.stack = _shallow_stack
+        _stack_users += 1
+    try:
+        yield
+    finally:
+        with _stack_lock:
+            _stack_users -= 1
+            if _stack_users == 0:
+                inspect.stack = _ORIGINAL_STACK
+
+
 def import_tensor_intrinsics() -> None:
-    """Import ``tvm.s_tir.tensor_intrin`` (which ``meta_schedule.TuneContext`` imports) quickly.
-
-    Each of its several hundred ``T.prim_func`` definitions calls ``inspect.stack()``, which looks
-    up the source of every frame; a frame of the import machinery (``<frozen importlib...>``) has
-    no file, so each lookup scans ``sys.modules``: the import took 75 s on the 2-core host. The
-    parser reads source context only from the first three frames (``is_defined_in_class``) and
-    the frame objects of the rest, so this import runs with an ``inspect.stack`` that gives the
-    rest without source (8 s)."""
-    import inspect
-    import sys
-
+    """Import ``tvm.s_tir.tensor_intrin`` (which ``meta_schedule.TuneContext`` imports) quickly:
+    its several hundred ``T.prim_func`` definitions took 75 s on the 2-core host, 8 s with
+    `fast_script_parsing` (the import machinery's frames have no file)."""
     if "tvm.s_tir.tensor_intrin" in sys.modules:
         return
-
-    def stack(context=1):
-        frames, frame = [], sys._getframe(1)
-        while frame is not None:
-            if len(frames) < 3:
-                frames.append(inspect.FrameInfo(frame, *inspect.getframeinfo(frame, context)))
-            else:
-                code = frame.f_code
-                frames.append(inspect.FrameInfo(frame, code.co_filename, frame.f_lineno, code.co_name, None, None))
-            frame = frame.f_back
-        return frames
-
-    original, inspect.stack = inspect.stack, stack
-    try:
+    with fast_script_parsing():
         import tvm.s_tir.tensor_intrin  # noqa: F401
-    finally:
-        inspect.stack = original

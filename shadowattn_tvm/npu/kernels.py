@@ -12,13 +12,14 @@
 """
 from __future__ import annotations
 
-from .._compat import T, s_tir
+from .._compat import T, fast_script_parsing, s_tir
 from .buckets import BucketSpec
 
 _ROWS = 4  # query rows per tile of the twin
 _KEYS = (32, 16, 8)  # key vector widths tried, widest first
 
 
+@fast_script_parsing()
 def stage_inputs(dtype: str, head_dim: int):
     """PrimFunc (q [B,H,Sq,D], k [B,Hkv,Skv,D], q_buf [F,QR,D], k_buf [KV,D],
     b, head0, head_stride, kv_head, row0, rows, kv_valid) -> None."""
@@ -52,6 +53,7 @@ def stage_inputs(dtype: str, head_dim: int):
     return stage.without_attr("global_symbol")
 
 
+@fast_script_parsing()
 def gather_rows(dtype: str, fill: float = 0.0):
     """PrimFunc (x [B,H,S,C0], b, head0, head_stride, row0, rows, cols, out [1,F,R,C]) -> None:
 

@@ -5,14 +5,15 @@ TVMScript anew: compiling SmolLM2 (30 layers of one shape) spent half its time t
 generator decorated with `kernel_cache` returns the PrimFunc it built before for the same
 arguments (an `AttentionBlock` compared without its layer number, static shapes as ints) and the
 same vector ISA (`isa`, else the enclosing target's). Arguments with a symbolic dimension are not
-cached. PrimFuncs are immutable, so callers may share them.
+cached. PrimFuncs are immutable, so callers may share them. Generators parse under
+`fast_script_parsing`.
 """
 from __future__ import annotations
 
 import functools
 from dataclasses import replace
 
-from .._compat import tirx
+from .._compat import fast_script_parsing, tirx
 from ..block import AttentionBlock
 from ._isa import VectorISA, current_isa
 
@@ -37,6 +38,8 @@ def _key(value):
 
 def kernel_cache(generator):
     cache: dict = {}
+
+    generator = fast_script_parsing()(generator)
 
     @functools.wraps(generator)
     def cached(*args, isa=None, **kwargs):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from .._compat import tirx
+from .._compat import fast_script_parsing, tirx
 from tvm.script import tirx as T
 
 _LANES = 16
@@ -23,6 +23,7 @@ def _exp(x):
     return tirx.exp(x)
 
 
+@fast_script_parsing()
 def kv_write(layers: int, kv_heads: int, capacity: int, head_dim: int, rows: int, dtype: str = "float32"):
     """In place: kv[layer, 0|1, :, start + r, :] = k|v[0, r, :, :] for r < rows (start from a tensor)."""
     L, HKV, C, D, R = layers, kv_heads, capacity, head_dim, rows
@@ -45,6 +46,7 @@ def kv_write(layers: int, kv_heads: int, capacity: int, head_dim: int, rows: int
     return write
 
 
+@fast_script_parsing()
 def decode_attention(heads: int, kv_heads: int, capacity: int, head_dim: int, scale: float, window: int = 0,
                      dtype: str = "float32"):
     """out[0, 0, h] = softmax_j(scale * q[0, 0, h] . K[j]) V[j] over keys j = lo..pos of the cache

@@ -19,7 +19,7 @@ reads them back), so a target build can derive its own variant of the same graph
 """
 from __future__ import annotations
 
-from .._compat import T, te, tirx
+from .._compat import T, fast_script_parsing, te, tirx
 from ..ir_attrs import BUCKET
 
 BUCKET_ATTR = BUCKET  # the IR attribute the NPU library rebuilds a graph from (`ir_attrs`)
@@ -97,6 +97,7 @@ def signed_byte(word, k):
     return tirx.shift_right(tirx.shift_left(word, 24 - k * 8), 24)
 
 
+@fast_script_parsing()
 def bucket_graph_hvx(fused: int, q_chunk: int, kv_len: int, head_dim: int, q_scales, k_scale: float,
                      dtype: str = "float32"):
     """`bucket_graph`'s graph (same arguments, same result bit for bit) in the form HVX wants.

@@ -15,13 +15,14 @@ pass takes every key above it plus the first ties in index order. Scales and rat
 """
 from __future__ import annotations
 
-from .._compat import tirx
+from .._compat import fast_script_parsing, tirx
 from ..block import CEIL_EPS
 from tvm.script import tirx as T
 
 _LANES = 16
 
 
+@fast_script_parsing()
 def kv_quantize(layers: int, kv_heads: int, capacity: int, head_dim: int, rows: int):
     """In place: k8[layer, h, start + r, :] = clip(round(k[0, r, h, :] / ks[layer, h]), -127, 127)."""
     L, HKV, C, D, R = layers, kv_heads, capacity, head_dim, rows
@@ -44,6 +45,7 @@ def kv_quantize(layers: int, kv_heads: int, capacity: int, head_dim: int, rows: 
     return quantize
 
 
+@fast_script_parsing()
 def sparse_decode_attention(heads: int, kv_heads: int, capacity: int, head_dim: int, scale: float, k_min: int,
                             window: int = 0):
     """One decode row per head over the keys its INT8 scores rank highest (see the module docstring)."""

@@ -19,13 +19,14 @@ on it); `targets.hexagon` also turns off `hvx-qfloat` so LLVM cannot vectorize i
 """
 from __future__ import annotations
 
-from ..._compat import T, s_tir
+from ..._compat import T, fast_script_parsing, s_tir
 from ...ops.npu_graph import HVX_DEPTH, HVX_KEYS, bucket_graph_hvx, bucket_params, signed_byte
 
 VRMPY_INTRIN = "shadowattn_hvx_vrmpybus_acc_32x4"
 _ROW_BLOCKS = (4, 2, 1)  # query rows sharing one K vector load (accumulators live in registers)
 
 
+@fast_script_parsing()
 def _vrmpy_intrin(q_scope: str, acc_scope: str):
     """(desc, impl) of one vrmpybus.acc: 32 int32 accumulators (`acc_scope`) += 32 keys x 4 uint8
     of packed K (global) . the 4 int8 of one Q word (`q_scope`)."""
