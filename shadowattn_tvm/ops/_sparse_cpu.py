@@ -29,7 +29,7 @@ share of the causal triangle.
 """
 from __future__ import annotations
 
-from .._compat import T, tirx
+from .._compat import EXACT_BUFFERS, T, tirx
 from ..block import CausalMode, KVMap
 from ._isa import bcast, exp_neg, pack, prefetch, row_sums, vec, vmax_all, vmin_all, vsum_all
 
@@ -355,7 +355,7 @@ def sparse_kernel(block, D: int, DV: int, mask_shape, isa, group_mode: bool = Fa
 
         @T.prim_func
         def sparse(q_h: T.handle, k_h: T.handle, v_h: T.handle, i_h: T.handle, m_h: T.handle, o_h: T.handle):
-            T.func_attr({"global_symbol": name, "tirx.noalias": True, "tirx.is_scheduled": True})
+            T.func_attr({"global_symbol": name, "tirx.noalias": True, "tirx.is_scheduled": True, EXACT_BUFFERS: True})
             B, H, SQ, SKV, KK, MB, MH = T.int64(), T.int64(), T.int64(), T.int64(), T.int64(), T.int64(), T.int64()
             Q = T.match_buffer(q_h, (B, H, SQ, D), dtype)
             K = T.match_buffer(k_h, (B, kv_heads, SKV, D), dtype)
@@ -369,7 +369,7 @@ def sparse_kernel(block, D: int, DV: int, mask_shape, isa, group_mode: bool = Fa
 
         @T.prim_func
         def sparse(q_h: T.handle, k_h: T.handle, v_h: T.handle, i_h: T.handle, o_h: T.handle):
-            T.func_attr({"global_symbol": name, "tirx.noalias": True, "tirx.is_scheduled": True})
+            T.func_attr({"global_symbol": name, "tirx.noalias": True, "tirx.is_scheduled": True, EXACT_BUFFERS: True})
             B, H, SQ, SKV, KK = T.int64(), T.int64(), T.int64(), T.int64(), T.int64()
             Q = T.match_buffer(q_h, (B, H, SQ, D), dtype)
             K = T.match_buffer(k_h, (B, kv_heads, SKV, D), dtype)

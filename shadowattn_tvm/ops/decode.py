@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from .._compat import fast_script_parsing, tirx
+from .._compat import EXACT_BUFFERS, fast_script_parsing, tirx
 from tvm.script import tirx as T
 
 _LANES = 16
@@ -30,7 +30,7 @@ def kv_write(layers: int, kv_heads: int, capacity: int, head_dim: int, rows: int
 
     @T.prim_func(private=True)
     def write(kv_h: T.handle, k_h: T.handle, v_h: T.handle, s_h: T.handle, layer: T.int64):
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, EXACT_BUFFERS: True})
         KV = T.match_buffer(kv_h, (L, 2, HKV, C, D), dtype)
         K = T.match_buffer(k_h, (1, R, HKV, D), dtype)
         V = T.match_buffer(v_h, (1, R, HKV, D), dtype)
@@ -59,7 +59,7 @@ def decode_attention(heads: int, kv_heads: int, capacity: int, head_dim: int, sc
 
     @T.prim_func(private=True)
     def attend(q_h: T.handle, kv_h: T.handle, p_h: T.handle, layer: T.int64, o_h: T.handle):
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, EXACT_BUFFERS: True})
         L = T.int64()
         Q = T.match_buffer(q_h, (1, 1, H, D), dtype)
         KV = T.match_buffer(kv_h, (L, 2, HKV, C, D), dtype)

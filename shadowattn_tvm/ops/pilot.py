@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 
-from .._compat import T
+from .._compat import EXACT_BUFFERS, T
 from ..block import CausalMode, KVMap
 from ._cache import kernel_cache
 from ._isa import current_isa
@@ -82,7 +82,7 @@ def pilot_scores(block, q_shape, kv_len, out_dtype: str = "int32", isa=None):
 
     @T.prim_func
     def pilot(q_h: T.handle, k_h: T.handle, o_h: T.handle):
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, EXACT_BUFFERS: True})
         B, H, SQ, SKV, D = T.int64(), T.int64(), T.int64(), T.int64(), T.int64()
         Q8 = T.match_buffer(q_h, (B, H, SQ, D), "int8")
         K8T = T.match_buffer(k_h, (B, kv_heads, D, SKV), "int8")

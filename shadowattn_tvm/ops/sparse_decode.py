@@ -15,7 +15,7 @@ pass takes every key above it plus the first ties in index order. Scales and rat
 """
 from __future__ import annotations
 
-from .._compat import fast_script_parsing, tirx
+from .._compat import EXACT_BUFFERS, fast_script_parsing, tirx
 from ..block import CEIL_EPS
 from tvm.script import tirx as T
 
@@ -29,7 +29,7 @@ def kv_quantize(layers: int, kv_heads: int, capacity: int, head_dim: int, rows: 
 
     @T.prim_func(private=True)
     def quantize(k8_h: T.handle, k_h: T.handle, s_h: T.handle, layer: T.int64, ks_h: T.handle):
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, EXACT_BUFFERS: True})
         K8 = T.match_buffer(k8_h, (L, HKV, C, D), "int8")
         K = T.match_buffer(k_h, (1, R, HKV, D), "float32")
         START = T.match_buffer(s_h, (1,), "int32")
@@ -58,7 +58,7 @@ def sparse_decode_attention(heads: int, kv_heads: int, capacity: int, head_dim: 
     @T.prim_func(private=True)
     def attend(q_h: T.handle, kv_h: T.handle, k8_h: T.handle, p_h: T.handle, layer: T.int64, qs_h: T.handle,
                r_h: T.handle, o_h: T.handle):
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, EXACT_BUFFERS: True})
         L = T.int64()
         Q = T.match_buffer(q_h, (1, 1, H, D), "float32")
         KV = T.match_buffer(kv_h, (L, 2, HKV, C, D), "float32")

@@ -24,7 +24,7 @@ scratch, so the parallel row loop has no shared state (the lane table is built b
 """
 from __future__ import annotations
 
-from .._compat import T, tirx
+from .._compat import EXACT_BUFFERS, T, tirx
 from ..block import CEIL_EPS, MASKED_BELOW, CausalMode, KVMap
 from ._cache import kernel_cache
 from ._isa import bcast, current_isa, vec, vmax_all, vmin_all, vsum_all
@@ -322,7 +322,7 @@ def topk_func(select_rows, block, has_mask: bool, score_dtype: str = "int32"):
 
         @T.prim_func
         def topk(s_h: T.handle, r_h: T.handle, qs_h: T.handle, ks_h: T.handle, m_h: T.handle, o_h: T.handle):
-            T.func_attr({"global_symbol": "sat_topk_masked", "tirx.noalias": True, "tirx.is_scheduled": True})
+            T.func_attr({"global_symbol": "sat_topk_masked", "tirx.noalias": True, "tirx.is_scheduled": True, EXACT_BUFFERS: True})
             B, H, SQ, SKV, KMAX, MB, MH = T.int64(), T.int64(), T.int64(), T.int64(), T.int64(), T.int64(), T.int64()
             S = T.match_buffer(s_h, (B, H, SQ, SKV), score_dtype)
             RATIO = T.match_buffer(r_h, (H,), "float64")
@@ -336,7 +336,7 @@ def topk_func(select_rows, block, has_mask: bool, score_dtype: str = "int32"):
 
         @T.prim_func
         def topk(s_h: T.handle, r_h: T.handle, o_h: T.handle):
-            T.func_attr({"global_symbol": "sat_topk", "tirx.noalias": True, "tirx.is_scheduled": True})
+            T.func_attr({"global_symbol": "sat_topk", "tirx.noalias": True, "tirx.is_scheduled": True, EXACT_BUFFERS: True})
             B, H, SQ, SKV, KMAX = T.int64(), T.int64(), T.int64(), T.int64(), T.int64()
             S = T.match_buffer(s_h, (B, H, SQ, SKV), score_dtype)
             RATIO = T.match_buffer(r_h, (H,), "float64")

@@ -19,7 +19,7 @@ selectable keys, ties to the lower index, ascending, -1 padded: the per-head rul
 """
 from __future__ import annotations
 
-from .._compat import T, tirx
+from .._compat import EXACT_BUFFERS, T, tirx
 from ..block import MASKED_BELOW, CausalMode, KVMap
 from ._cache import kernel_cache
 from ._isa import bcast, current_isa, vec, vmax_all, vsum_all
@@ -148,7 +148,7 @@ def topk_group_indices(block, k_min: int, mask_shape=None, isa=None, score_dtype
 
         @T.prim_func
         def topk(s_h: T.handle, r_h: T.handle, qs_h: T.handle, ks_h: T.handle, m_h: T.handle, o_h: T.handle):
-            T.func_attr({"global_symbol": "sat_topk_group_masked", "tirx.noalias": True, "tirx.is_scheduled": True})
+            T.func_attr({"global_symbol": "sat_topk_group_masked", "tirx.noalias": True, "tirx.is_scheduled": True, EXACT_BUFFERS: True})
             B, SQ, SKV, KMAX, MB, MH = T.int64(), T.int64(), T.int64(), T.int64(), T.int64(), T.int64()
             S = T.match_buffer(s_h, (B, heads, SQ, SKV), score_dtype)
             RATIO = T.match_buffer(r_h, (kv_heads,), "float64")
@@ -162,7 +162,7 @@ def topk_group_indices(block, k_min: int, mask_shape=None, isa=None, score_dtype
 
         @T.prim_func
         def topk(s_h: T.handle, r_h: T.handle, qs_h: T.handle, ks_h: T.handle, o_h: T.handle):
-            T.func_attr({"global_symbol": "sat_topk_group", "tirx.noalias": True, "tirx.is_scheduled": True})
+            T.func_attr({"global_symbol": "sat_topk_group", "tirx.noalias": True, "tirx.is_scheduled": True, EXACT_BUFFERS: True})
             B, SQ, SKV, KMAX = T.int64(), T.int64(), T.int64(), T.int64()
             S = T.match_buffer(s_h, (B, heads, SQ, SKV), score_dtype)
             RATIO = T.match_buffer(r_h, (kv_heads,), "float64")

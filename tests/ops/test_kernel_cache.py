@@ -53,3 +53,39 @@ def test_generators_parse_without_outer_source_and_restore_inspect():
     block = AttentionSpec(q_len=16, head_dim=8).block()
     assert topk.topk_indices(block, 3, isa=_isa.AVX2).attrs["global_symbol"] == "sat_topk"  # macros found their parser
     assert inspect.stack is original
+
+
+def test_exact_kernels_skip_buffer_compaction_and_compile_to_the_same_code():
+    """Hand-written kernels carry EXACT_BUFFERS: lowering skips CompactBufferAllocation for them
+    (slow on their many guarded accesses) and the machine code is what the pass would have given.
+    Other PrimFuncs still get compacted."""
+    import tvm
+    from tvm import s_tir
+    from tvm.script import tirx as T
+
+    from shadowattn_tvm._compat import EXACT_BUFFERS
+    from shadowattn_tvm.ops import pilot, topk_group
+
+    block = AttentionSpec(q_len=32, head_dim=16, gqa="repeat").block()
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "haswell"})
+    kernels = [topk.topk_indices(block, 4, isa=_isa.AVX2), topk_group.topk_group_indices(block, 4, isa=_isa.AVX2),
+               sparse_attention.sparse_attention(block, [1, block.num_heads, 32, 16], 32, 16, 8, isa=_isa.AVX2),
+               pilot.pilot_scores(block, [1, block.num_heads, 32, 16], 32, isa=_isa.AVX2)]
+    for func in kernels:
+        assert func.attrs[EXACT_BUFFERS]
+        skipped = tvm.compile(func.with_attr("global_symbol", "main"), target=target)
+        compacted = tvm.compile(func.without_attr(EXACT_BUFFERS).with_attr("global_symbol", "main"), target=target)
+        assert skipped.mod.inspect_source("asm") == compacted.mod.inspect_source("asm")
+
+    @T.prim_func
+    def loose(a: T.Buffer((10,), "float32")):
+        for i in T.parallel(2):
+            buf = T.alloc_buffer((100,), "float32")
+            for j in range(10):
+                buf[j] = a[j]
+            for j in range(10):
+                a[j] = buf[j] + T.float32(1)
+
+    for func, size in ((loose, 10), (loose.with_attr(EXACT_BUFFERS, True), 100)):
+        out = s_tir.transform.CompactBufferAllocation()(tvm.IRModule({"main": func}))["main"]
+        assert f"T.alloc_buffer(({size},)" in out.script()
