@@ -1,6 +1,8 @@
 """Version-sensitive TVM imports, gathered in one place (TVM 0.27 moved many modules).
 
 Everything else in the package imports TVM names from here, so a future move is a one-file change.
+The workarounds for 0.27's slow spots live here too: TVMScript's frame lookups (`_find_parser_def`,
+`fast_script_parsing`) and buffer compaction of the hand-written kernels (`EXACT_BUFFERS`).
 """
 import contextlib
 import inspect
@@ -37,8 +39,6 @@ __all__ = [
     "set_type", "import_tensor_intrinsics", "fast_script_parsing", "EXACT_BUFFERS",
 ]
 
-_ORIGINAL_STACK = inspect.stack
-
 
 def constant_value(expr):
     """The numpy value of a Relax constant (0.27: ``Constant.value``), else None."""
@@ -72,7 +72,7 @@ def _find_parser_def(self):
 
 ScriptMacro._find_parser_def = _find_parser_def  # same result: the nearest frame's parser
 
-#: PrimFunc attribute of the hand-written kernels (`ops._cache.kernel_cache`): every buffer they
+#: PrimFunc attribute the hand-written kernels set (`T.func_attr` in ops/): every buffer they
 #: allocate is sized exactly, so s_tir's CompactBufferAllocation has nothing to narrow.
 EXACT_BUFFERS = "shadowattn.exact_buffers"
 _compact_buffer_allocation = s_tir.transform.CompactBufferAllocation
@@ -95,6 +95,7 @@ def _compact_unless_exact(is_strict: bool = True):
 
 s_tir.transform.CompactBufferAllocation = _compact_unless_exact  # the pipelines look it up when they run
 
+_ORIGINAL_STACK = inspect.stack
 _stack_lock = threading.Lock()
 _stack_users = 0
 
