@@ -1,14 +1,17 @@
 """Cost tables for the launch planner: NPU-lane and CPU-lane time of every launch unit.
 
 `PipelineHeads` orders launches from these (Johnson's rule, `npu.planner`). Each model is a
-frozen dataclass with ``table(units, block) -> CostTable``; the table says where it came from:
+frozen dataclass with ``table(units, block, selection) -> CostTable`` (selection: "head", a top-k
+per query head, or "group", one per KV group, as the block was split); the table says where it
+came from:
 
 * `HostProfiledCosts`: for host runs. Builds the units' kernels for the host (stage + host twin
   of the graph for the NPU lane; top-k + sparse attention for the CPU lane), runs them on
   synthetic activations with one thread and keeps the best of `repeat` (one timing per distinct
-  unit shape; units of other KV groups and batch rows share it).
+  unit shape; units of other KV groups and batch rows share it), the group kernels for a group
+  selection.
 * `DeviceCostModel`: for phones. An analytic model from assumed rates, labelled as such: it is
-  not a measurement.
+  not a measurement. It models per-head selection (for a group selection, an upper bound).
 * `GivenCosts`: fixed numbers (tests, or a table measured elsewhere).
 """
 from __future__ import annotations
@@ -55,7 +58,7 @@ class GivenCosts:
     per_key: tuple = ()  # ((key, npu_ms, cpu_ms), ...)
     label: str = "given costs"
 
-    def table(self, units, block: AttentionBlock) -> CostTable:
+    def table(self, units, block: AttentionBlock, selection: str = "head") -> CostTable:
         fixed = {k: (n, c) for k, n, c in self.per_key}
         return CostTable(CostSource.GIVEN, self.label,
                          tuple(UnitCost(u.key, *fixed.get(u.key, (self.npu_ms, self.cpu_ms))) for u in units))
@@ -78,7 +81,7 @@ class DeviceCostModel:
     topk_passes: float = 6.0
     keep: float = 0.2
 
-    def table(self, units, block: AttentionBlock) -> CostTable:
+    def table(self, units, block: AttentionBlock, selection: str = "head") -> CostTable:
         costs = []
         for u in units:
             macs = u.fused * u.q_rows * u.kv_len * block.head_dim
@@ -106,17 +109,18 @@ class HostProfiledCosts:
     seed: int = 0
     target: object = field(default=None, compare=False)  # tvm Target; None: current, else host + mcpu
 
-    def table(self, units, block: AttentionBlock) -> CostTable:
+    def table(self, units, block: AttentionBlock, selection: str = "head") -> CostTable:
         from ..runtime.lanes import single_thread
 
-        kernels = _HostKernels(block, self._target())
+        kernels = _HostKernels(block, self._target(), selection == "group")
         shapes = {}
         with single_thread():
             for u in units:
                 sig = (u.fused, u.q_rows, u.kv_len, u.rows, u.kv_valid, u.top_k)
                 if sig not in shapes:
                     shapes[sig] = kernels.time(u, self.repeat, self.seed)
-        label = f"host-profiled on {kernels.target.attrs.get('mcpu', 'generic')} (1 thread, best of {self.repeat})"
+        label = (f"host-profiled on {kernels.target.attrs.get('mcpu', 'generic')} (1 thread, best of {self.repeat}, "
+                 f"{selection} selection)")
         return CostTable(CostSource.HOST_PROFILED, label, tuple(
             UnitCost(u.key, *shapes[(u.fused, u.q_rows, u.kv_len, u.rows, u.kv_valid, u.top_k)]) for u in units))
 
@@ -132,27 +136,34 @@ class HostProfiledCosts:
 
 
 class _HostKernels:
-    """Builds (once per shape) and times the kernels of one unit shape."""
+    """Builds (once per shape) and times the kernels of one unit shape: a top-k per head, or one
+    for the unit's KV group (`group`, with the group sparse kernel, as the split emits them)."""
 
-    def __init__(self, block: AttentionBlock, target):
+    def __init__(self, block: AttentionBlock, target, group: bool = False):
         from ..targets.lanes import lane_for
         from ..ops import sparse_attention as sparse_ops
         from ..ops import topk as topk_ops
+        from ..ops import topk_group
         from .kernels import stage_inputs
 
-        self.block, self.target = block, target
+        self.block, self.target, self.group = block, target, group
         causal = CausalMode.NONE if block.causal == CausalMode.NONE else CausalMode.BOTTOM_RIGHT
         self.unit_block = replace(block, num_heads=block.group, num_kv_heads=1, kv_map=KVMap.INTERLEAVE,
                                   has_mask=False, causal=causal)
         sched = lane_for(target).kernels()
         d = block.head_dim
         self.stage = self._build(stage_inputs(block.dtype, d))
-        self.topk = self._build(topk_ops.topk_indices(self.unit_block, 1))
         from .._compat import tirx
 
         sym = [tirx.Var(n, "int64") for n in ("b", "h", "s")]
-        self.sparse = self._build(sched.schedule_sparse_attention(
-            sparse_ops.sparse_attention(self.unit_block, sym + [d], tirx.Var("n", "int64"), d, tirx.Var("t", "int64"))))
+        n, t = tirx.Var("n", "int64"), tirx.Var("t", "int64")
+        if group:
+            self.topk = self._build(topk_group.topk_group_indices(self.unit_block, 1))
+            self.sparse = self._build(sparse_ops.sparse_attention_group(self.unit_block, sym + [d], n, d, t))
+        else:
+            self.topk = self._build(topk_ops.topk_indices(self.unit_block, 1))
+            self.sparse = self._build(sched.schedule_sparse_attention(
+                sparse_ops.sparse_attention(self.unit_block, sym + [d], n, d, t)))
 
     def _build(self, func):
         from .._compat import tvm
@@ -175,8 +186,10 @@ class _HostKernels:
         kb = tvm.runtime.empty((u.kv_len, d), dtype, dev)
         scores = tvm.runtime.empty((1, u.fused, u.q_rows, u.kv_len), "int32", dev)
         scores3 = scores._create_view((u.fused, u.q_rows, u.kv_len))
-        ratio = tensor(np.full(u.fused, u.top_k / u.kv_len))  # the unit's budget: k = top_k (k_min 1)
-        idx = tvm.runtime.empty((1, u.fused, u.q_rows, u.top_k), "int32", dev)
+        heads = 1 if self.group else u.fused  # selections: one per KV group, or per head
+        ratio = tensor(np.full(heads, u.top_k / u.kv_len))  # the unit's budget: k = top_k (k_min 1)
+        idx = tvm.runtime.empty((1, heads, u.q_rows, u.top_k), "int32", dev)
+        scales = (tensor(np.full(u.fused, 3.0 / 127, np.float32)), tensor(np.full(1, 3.0 / 127, np.float32)))
         qu = tensor(rng.standard_normal((1, u.fused, u.q_rows, d)).astype(dtype))
         kv = tensor(rng.standard_normal((1, 1, u.kv_len, d)).astype(dtype))
         out = tvm.runtime.empty((1, u.fused, u.q_rows, d), dtype, dev)
@@ -186,7 +199,10 @@ class _HostKernels:
             twin(qb, kb, scores3)
 
         def cpu():
-            self.topk(scores, ratio, idx)
+            if self.group:
+                self.topk(scores, ratio, *scales, idx)
+            else:
+                self.topk(scores, ratio, idx)
             self.sparse(qu, kv, kv, idx, out)
 
         return _best_ms(npu, repeat), _best_ms(cpu, repeat)

@@ -207,7 +207,8 @@ class _BlockBuilder:
             bb.emit_func_output(out)
         func = bb.get()["npu_block"]
         attrs = {"shadowattn.kind": NPU_BLOCK_KIND, "shadowattn.npu_units": len(self.units),
-                 "shadowattn.npu_cells": self.grid.num_cells, **blk.to_attrs()}
+                 "shadowattn.npu_cells": self.grid.num_cells, "shadowattn.selection": "group" if self.group else "head",
+                 **blk.to_attrs()}
         for key, value in attrs.items():
             func = func.with_attr(key, value)
         return func

@@ -5,7 +5,8 @@ functions (``shadowattn.kind == "npu_block"``) whose launches are ``shadowattn.n
 
 Each launch unit's NPU time (stage + bucket graph) and CPU time (top-k + sparse attention) come
 from a cost model (`npu.costs`: profiled on the host for host runs, a labelled device model for
-phones); the greedy planner (`npu.planner.plan`, Johnson's rule, the paper's Algorithm 1)
+phones), for the block's selection (``shadowattn.selection``, set by `BucketPilot`: a top-k per
+head, or one per KV group with the group kernels); the greedy planner (`npu.planner.plan`, Johnson's rule, the paper's Algorithm 1)
 orders the units. The block is then rescheduled as
 
     what the launches read (the heads' actual scales)
@@ -54,7 +55,8 @@ class PipelineHeads:
             analysis = _Analysis(func)
             if not analysis.runs:
                 continue
-            layer_plan = self._plan(gv.name_hint, AttentionBlock.from_attrs(func.attrs), analysis.units())
+            selection = str(func.attrs["shadowattn.selection"]) if "shadowattn.selection" in func.attrs else "head"
+            layer_plan = self._plan(gv.name_hint, AttentionBlock.from_attrs(func.attrs), analysis.units(), selection)
             updates[gv] = _reschedule(func, analysis, layer_plan)
         mod = mod.clone() if updates else mod  # never edit the caller's module
         for gv, func in updates.items():
@@ -62,8 +64,8 @@ class PipelineHeads:
         # the rebuilt functions carry no struct info on their new SeqExpr: normalise (well-formed IR)
         return relax.transform.Normalize()(mod) if updates else mod
 
-    def _plan(self, function: str, block: AttentionBlock, units) -> LayerPlan:
-        table = self.costs.table(units, block)
+    def _plan(self, function: str, block: AttentionBlock, units, selection: str) -> LayerPlan:
+        table = self.costs.table(units, block, selection)
         by_key = table.by_key()
         best, order = float("inf"), None
         for _ in range(_PLAN_REPEAT):

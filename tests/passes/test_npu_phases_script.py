@@ -35,7 +35,8 @@ SCALE = float(np.float32(SPEC.head_dim ** -0.5))  # DetectAttention reads the gr
 BLOCK_ATTRS = {"shadowattn.causal": "bottom_right", "shadowattn.dtype": "float32", "shadowattn.has_mask": False,
                "shadowattn.head_dim": 8, "shadowattn.kind": "npu_block", "shadowattn.kv_map": "interleave",
                "shadowattn.layer": 0, "shadowattn.npu_cells": 2, "shadowattn.npu_units": 2,
-               "shadowattn.num_heads": 2, "shadowattn.num_kv_heads": 1, "shadowattn.scale": SCALE}
+               "shadowattn.num_heads": 2, "shadowattn.num_kv_heads": 1, "shadowattn.scale": SCALE,
+               "shadowattn.selection": "head"}
 
 
 def _phase2():

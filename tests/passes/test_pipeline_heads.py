@@ -32,9 +32,9 @@ COSTS = GivenCosts(npu_ms=2.0, cpu_ms=2.0, per_key=(("L0.b0.g1.c2", 0.5, 3.0), (
                                                      ("L0.b0.g0.c0", 3.0, 0.5), ("L0.b0.g1.c1", 2.0, 6.0)))
 
 
-def _phase3(options):
-    mod = SplitSparseAttention(SparsityProfile.uniform(0.25), k_min=4)(DetectAttention()(attention_module(SPEC)))
-    return BucketPilot(options, k_min=4)(mod)
+def _phase3(options, selection="head"):
+    split = SplitSparseAttention(SparsityProfile.uniform(0.25), k_min=4, selection=selection)
+    return BucketPilot(options, k_min=4)(split(DetectAttention()(attention_module(SPEC))))
 
 
 @pytest.fixture(scope="module")
@@ -137,9 +137,32 @@ def test_cost_models_say_what_they_are():
     assert model.source == CostSource.DEVICE_MODEL and "not measured" in model.label
     # the model's time grows with the chunk's keys
     assert model.costs[0].npu_ms < model.costs[3].npu_ms and model.costs[0].cpu_ms < model.costs[3].cpu_ms
-    profiled = HostProfiledCosts(repeat=1).table(layer_units[:2], block)
-    assert profiled.source == CostSource.HOST_PROFILED and "host-profiled" in profiled.label
-    assert all(c.npu_ms > 0 and c.cpu_ms > 0 for c in profiled.costs)
+    for selection in ("head", "group"):  # the CPU lane's kernels of the selection the block was split with
+        profiled = HostProfiledCosts(repeat=1).table(layer_units[:2], block, selection)
+        assert profiled.source == CostSource.HOST_PROFILED and "host-profiled" in profiled.label
+        assert f"{selection} selection" in profiled.label
+        assert all(c.npu_ms > 0 and c.cpu_ms > 0 for c in profiled.costs)
+
+
+class _Recording(GivenCosts):
+    """GivenCosts that records the selection each table is asked for."""
+
+    def table(self, units, block, selection="head"):
+        SEEN.append(selection)
+        return super().table(units, block, selection)
+
+
+SEEN: list = []
+
+
+@pytest.mark.parametrize("selection", ["head", "group"])
+def test_the_planner_costs_the_selection_the_block_was_split_with(selection):
+    SEEN.clear()
+    mod = PipelineHeads(_Recording())(_phase3(NPUOptions(kv_buckets=(32, 64), stats=STATS, costs=COSTS), selection))
+    blocks = [f for _, f in mod.functions.items() if isinstance(f, relax.Function) and f.attrs is not None
+              and "shadowattn.selection" in f.attrs]
+    assert [str(f.attrs["shadowattn.selection"]) for f in blocks] == [selection]
+    assert SEEN == [selection]
 
 
 @pytest.mark.parametrize("selection", ["head", "group"])
