@@ -122,11 +122,14 @@ class Generator:
     @classmethod
     def open(cls, model, keep: float | None = 0.2, profile=None, k_min: int = 64, dense: bool = False,
              chunk: int = DEFAULT_CHUNK, capacity: int = DEFAULT_CAPACITY, prompt_tokens: int = 1,
-             tokenizer=None, use_cache: bool = True, log=None, sparse_decode_from: int = 0) -> "Generator":
+             tokenizer=None, use_cache: bool = True, log=None, sparse_decode_from: int = 0,
+             selection: str = "head") -> "Generator":
         """Compile (or load from the cache) the module for `model` with the prefill chunks a prompt of
         `prompt_tokens` tokens needs (each chunk is one more prefill function to compile).
         sparse_decode_from: decode steps over at least this many keys attend only over the keys the
-        INT8 pilot picks (needs a profile with static scales; 0: dense decode)."""
+        INT8 pilot picks (needs a profile with static scales; 0: dense decode).
+        selection: the prefill's top-k, per query head ("head") or per KV group ("group"), as in
+        `sat.pipeline`."""
         source = decoder_source(model if isinstance(model, ModelSource) else open_model(model, tokenizer))
         capacity = min(capacity, source.max_len)
         chunk = min(chunk, capacity)
@@ -134,7 +137,8 @@ class Generator:
             raise GenerationError(f"the prompt has {prompt_tokens} tokens and the KV cache holds {capacity}: no room "
                                   "to generate; raise --capacity (at most the model's context length)")
         spec = generation_spec(source, chunk, capacity, max(1, -(-prompt_tokens // chunk)), sparse_decode_from)
-        options = None if dense else BuildOptions(keep=keep if profile is None else None, k_min=k_min, profile=profile)
+        options = None if dense else BuildOptions(keep=keep if profile is None else None, k_min=k_min, profile=profile,
+                                                  selection=selection)
         sparse = None
         if sparse_decode_from:
             from .frontend.generation import SparseDecode

@@ -25,7 +25,8 @@ def generators(tiny):
     source = GGUFSource(tiny[0])  # three prefill chunks: a 13-token prompt spans two, the last padded
     opened = {mode: Generator.open(source, chunk=CHUNK, capacity=CAPACITY, prompt_tokens=3 * CHUNK, use_cache=False,
                                    **kw) for mode, kw in (("dense", dict(dense=True)), ("keep1", dict(keep=1.0)),
-                                                          ("keep0.3", dict(keep=0.3, k_min=2)))}
+                                                          ("keep0.3", dict(keep=0.3, k_min=2)),
+                                                          ("group0.3", dict(keep=0.3, k_min=2, selection="group")))}
     return opened
 
 
@@ -52,7 +53,10 @@ def test_greedy_at_keep_one_equals_dense_and_sparse_runs(generators):
     prompt = "the cat sat on"  # 14 tokens of the tiny byte-level vocabulary: two chunks
     tokens = {mode: g.generate(prompt, max_new_tokens=12).tokens for mode, g in generators.items()}
     assert tokens["keep1"] == tokens["dense"] and len(tokens["dense"]) == 12
-    assert len(tokens["keep0.3"]) == 12  # keep 0.3 may differ from dense; it must still generate
+    assert len(tokens["keep0.3"]) == 12 and len(tokens["group0.3"]) == 12  # may differ from dense; must generate
+    group_topk = {mode: generators[mode].executable.mod.implements_function("sat_topk_group", query_imports=True)
+                  for mode in ("keep0.3", "group0.3")}
+    assert group_topk == {"keep0.3": False, "group0.3": True}  # one top-k per KV group only where asked
 
 
 def test_stop_rules(generators):
@@ -99,6 +103,7 @@ def test_chat_template(tmp_path):
     (["--prompt", "hi", "--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
     (["--prompt", "hi", "--temperature", "-1"], "--temperature must be >= 0"),
     (["--prompt", "hi", "--keep", "0"], "outside (0, 1]"),
+    (["--prompt", "hi", "--dense", "--selection", "group"], "drop --dense or --selection"),
     (["--prompt", "the cat " * 40, "--capacity", "32", "--chunk", "8"], "the KV cache holds 32"),
 ])
 def test_generate_cli_rejects_bad_input(tiny, argv, message):

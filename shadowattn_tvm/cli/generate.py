@@ -24,6 +24,8 @@ def add_parser(sub) -> None:
                         "from sparse attention, and a short chat prompt at 16 keys per row can change the answer)")
     p.add_argument("--profile", metavar="FILE", help="calibration profile (smollm2: the shipped one by default)")
     p.add_argument("--dense", action="store_true", help="dense prefill (no shadowAttn), the baseline")
+    p.add_argument("--selection", choices=("head", "group"), default="head",
+                   help="prefill top-k per query head (default, the paper's) or one per KV group")
     p.add_argument("--chunk", type=int, default=256, help="prompt tokens per prefill function (default 256)")
     p.add_argument("--capacity", type=int, default=2048, help="KV cache rows: prompt + new tokens (default 2048)")
     p.add_argument("--tokenizer", metavar="FILE", help="tokenizer.json to use instead of the GGUF's own")
@@ -51,6 +53,8 @@ def _run(args) -> int:
     positive("--capacity", args.capacity)
     if not args.prompt:
         raise SystemExit("the prompt is empty: pass --prompt TEXT")
+    if args.dense and args.selection != "head":
+        raise SystemExit("--selection chooses the shadowAttn prefill's top-k: drop --dense or --selection")
     sampler = Sampler(args.temperature, args.top_p, args.seed)
     profile = SparsityProfile.load(args.profile) if args.profile else None
     if profile is None and args.model == "smollm2" and args.keep < 1:
@@ -60,7 +64,7 @@ def _run(args) -> int:
     ids = prompt_ids(source.tokenizer, args.prompt, args.chat)  # the chunks to compile follow the prompt
     positive("--k-min", args.k_min)
     gen = Generator.open(source, keep=args.keep, profile=profile, k_min=args.k_min, dense=args.dense, chunk=args.chunk,
-                         capacity=args.capacity, prompt_tokens=len(ids), log=log)
+                         capacity=args.capacity, prompt_tokens=len(ids), log=log, selection=args.selection)
 
     def show(piece):
         sys.stdout.write(piece)
@@ -70,7 +74,7 @@ def _run(args) -> int:
                           on_text=show)
     print()
     if not args.quiet:
-        mode = "dense" if args.dense else f"shadowAttn keep {args.keep}"
+        mode = "dense" if args.dense else f"shadowAttn keep {args.keep}, {args.selection} selection"
         print(f"[generate] {result.prompt_tokens} prompt tokens ({mode} prefill) in {result.prefill_ms:.0f} ms; "
               f"first token after {result.first_token_ms:.0f} ms; {len(result.tokens)} tokens, decode "
               f"{result.decode_tokens_per_s:.1f} tokens/s; stopped: {result.stopped} (this host's CPU)",
