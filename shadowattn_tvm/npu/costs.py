@@ -156,14 +156,11 @@ class _HostKernels:
         from .._compat import tirx
 
         sym = [tirx.Var(n, "int64") for n in ("b", "h", "s")]
-        n, t = tirx.Var("n", "int64"), tirx.Var("t", "int64")
-        if group:
-            self.topk = self._build(topk_group.topk_group_indices(self.unit_block, 1))
-            self.sparse = self._build(sparse_ops.sparse_attention_group(self.unit_block, sym + [d], n, d, t))
-        else:
-            self.topk = self._build(topk_ops.topk_indices(self.unit_block, 1))
-            self.sparse = self._build(sched.schedule_sparse_attention(
-                sparse_ops.sparse_attention(self.unit_block, sym + [d], n, d, t)))
+        topk = topk_group.topk_group_indices if group else topk_ops.topk_indices
+        sparse = sparse_ops.sparse_attention_group if group else sparse_ops.sparse_attention
+        self.topk = self._build(topk(self.unit_block, 1))
+        self.sparse = self._build(sched.schedule_sparse_attention(
+            sparse(self.unit_block, sym + [d], tirx.Var("n", "int64"), d, tirx.Var("t", "int64"))))
 
     def _build(self, func):
         from .._compat import tvm
