@@ -186,7 +186,9 @@ class _HostKernels:
         heads = 1 if self.group else u.fused  # selections: one per KV group, or per head
         ratio = tensor(np.full(heads, u.top_k / u.kv_len))  # the unit's budget: k = top_k (k_min 1)
         idx = tvm.runtime.empty((1, heads, u.q_rows, u.top_k), "int32", dev)
-        scales = (tensor(np.full(u.fused, 3.0 / 127, np.float32)), tensor(np.full(1, 3.0 / 127, np.float32)))
+        # the group top-k also reads the heads' and the KV head's scales (it compares heads' logits)
+        scales = (tensor(np.full(u.fused, 3.0 / 127, np.float32)), tensor(np.full(1, 3.0 / 127, np.float32))) \
+            if self.group else ()
         qu = tensor(rng.standard_normal((1, u.fused, u.q_rows, d)).astype(dtype))
         kv = tensor(rng.standard_normal((1, 1, u.kv_len, d)).astype(dtype))
         out = tvm.runtime.empty((1, u.fused, u.q_rows, d), dtype, dev)
@@ -196,10 +198,7 @@ class _HostKernels:
             twin(qb, kb, scores3)
 
         def cpu():
-            if self.group:
-                self.topk(scores, ratio, *scales, idx)
-            else:
-                self.topk(scores, ratio, idx)
+            self.topk(scores, ratio, *scales, idx)
             self.sparse(qu, kv, kv, idx, out)
 
         return _best_ms(npu, repeat), _best_ms(cpu, repeat)
