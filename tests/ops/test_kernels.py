@@ -136,6 +136,19 @@ def test_topk_never_writes_past_a_narrow_index_tensor(rng):
     np.testing.assert_array_equal(whole.numpy()[6 * sq * width:], 7)
 
 
+@pytest.mark.parametrize("masked", [False, True])
+def test_topk_kernels_prefetch_the_next_rows_scores(masked):
+    """Each row's first pass over its scores is a DRAM read: the top-k kernels prefetch the next
+    row (the group kernel: its heads' next rows) while ranking this one (-15..23 % at 1k-4k tokens)."""
+    block = _block(causal=CausalMode.NONE, mask=masked)
+    mask_shape = (1, 1, 8, 8) if masked else None
+    for func, scores_of_next in ((topk.topk_indices(block, 4, mask_shape), "NS["),
+                                 (topk_group.topk_group_indices(block, 4, mask_shape), "inext, c")):
+        prefetches = [line for line in func.script().splitlines() if "llvm.prefetch" in line]
+        assert any(scores_of_next in line for line in prefetches), prefetches
+        assert any("MASK[" in line for line in prefetches) == masked, prefetches
+
+
 @pytest.mark.parametrize("mask_shape", [(1, 1), (2, 1), (2, 6)])
 def test_topk_with_additive_mask(rng, mask_shape):
     block = _block(causal=CausalMode.NONE, mask=True)
