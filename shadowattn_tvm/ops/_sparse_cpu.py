@@ -42,7 +42,7 @@ _NO_END = 1 << 62  # key bound of the last visit: every remaining slot
 
 
 # Keys per dot step in phase A: 8 accumulators, a q vector and a spare fit every ISA's 16+ vector
-# registers. Measured on the Zen 3 host (Qwen2 block, group mode): 4-6 % faster at 2048-4096 tokens
+# registers. Measured on the Zen 3 host (Qwen2 block, paired rounds): 2-6 % faster at 2048-4096 tokens
 # than q held in registers with 4 keys x 2 chains walked key by key; 12 keys slower than 8.
 _DOT_KEYS = 8
 

@@ -8,9 +8,10 @@ K/V rows are gathered through `kv_head`: GQA never materialises repeated K/V.
 With static D (a multiple of 16) and Dv (a multiple of 8) the kernel is hand-written, already
 scheduled TIR (attr ``tirx.is_scheduled``, see `_sparse_cpu`): tiles of query rows x the query
 heads of one KV head, logits for 8 keys at once (q's vectors in the outer loop, the keys' K rows
-read side by side) and a transposed (shuffle-add) reduction, an exact vectorised softmax, p·V vectorised over Dv, vector widths from
-the target (`_isa`). Trailing -1 slots are skipped; -1 slots anywhere else are ignored. A row
-whose slots are all -1 sees no key (every key masked): it gets what the dense block gives it,
+read side by side) and a transposed (shuffle-add) reduction, an exact vectorised softmax, p·V
+vectorised over Dv, vector widths from the target (`_isa`). Trailing -1 slots are skipped; -1
+slots anywhere else are ignored. A row whose slots are all -1 sees no key (every key masked): it
+gets what the dense block gives it,
 the softmax over all its causally allowed keys of scale·q·k + mask (NaN when every logit is
 -inf, as dense softmax).
 Other shapes fall back to a TE definition that `targets.cpu_kernels` schedules.

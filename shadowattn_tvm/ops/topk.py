@@ -300,8 +300,8 @@ def topk_indices(block, k_min: int, mask_shape=None, isa=None, score_dtype: str 
                 budget = T.Bind(keep_budget(RATIO[h], SKV, KMAX, k_min))
                 # the next row's scores (and mask row) stream from DRAM into L2 while this row is ranked
                 NS = T.decl_buffer((SKV,), score_dtype, data=S.data, elem_offset=T.min(row + 1, B * H * SQ - 1) * SKV, align=2, offset_factor=1)
-                inext = T.Bind(T.min(i + 1, SQ - 1))
                 if has_mask:
+                    inext = T.Bind(T.min(i + 1, SQ - 1))
                     deq = T.Bind(QS[h] * KS[(1 - tiled) * (h // group) + tiled * (h % kv_heads)] * T.float32(scale))
                     iv[T.Ramp(0, 1, W)] = bcast(T.int32(0), W)
                     for c in range(lim // W):
