@@ -116,13 +116,12 @@ class HostProfiledCosts:
         shapes = {}
         with single_thread():
             for u in units:
-                sig = (u.fused, u.q_rows, u.kv_len, u.rows, u.kv_valid, u.top_k)
-                if sig not in shapes:
-                    shapes[sig] = kernels.time(u, self.repeat, self.seed)
+                if _shape(u) not in shapes:
+                    shapes[_shape(u)] = kernels.time(u, self.repeat, self.seed)
         label = (f"host-profiled on {kernels.target.attrs.get('mcpu', 'generic')} (1 thread, best of {self.repeat}, "
                  f"{selection} selection)")
         return CostTable(CostSource.HOST_PROFILED, label, tuple(
-            UnitCost(u.key, *shapes[(u.fused, u.q_rows, u.kv_len, u.rows, u.kv_valid, u.top_k)]) for u in units))
+            UnitCost(u.key, *shapes[_shape(u)]) for u in units))
 
     def _target(self):
         from .._compat import tvm
@@ -133,6 +132,11 @@ class HostProfiledCosts:
         if current is not None and current.kind.name == "llvm":
             return current
         return tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()})
+
+
+def _shape(unit) -> tuple:
+    """What a unit's kernel times depend on (units of other KV groups and batch rows share it)."""
+    return unit.fused, unit.q_rows, unit.kv_len, unit.rows, unit.kv_valid, unit.top_k
 
 
 class _HostKernels:

@@ -6,8 +6,8 @@ functions (``shadowattn.kind == "npu_block"``) whose launches are ``shadowattn.n
 Each launch unit's NPU time (stage + bucket graph) and CPU time (top-k + sparse attention) come
 from a cost model (`npu.costs`: profiled on the host for host runs, a labelled device model for
 phones), for the block's selection (``shadowattn.selection``, set by `BucketPilot`: a top-k per
-head, or one per KV group with the group kernels); the greedy planner (`npu.planner.plan`, Johnson's rule, the paper's Algorithm 1)
-orders the units. The block is then rescheduled as
+head, or one per KV group with the group kernels); the greedy planner (`npu.planner.plan`,
+Johnson's rule, the paper's Algorithm 1) orders the units. The block is then rescheduled as
 
     what the launches read (the heads' actual scales)
     npu_launch(unit) for every unit, in plan order        -> handles; the NPU lane starts
