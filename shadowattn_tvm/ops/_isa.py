@@ -144,23 +144,33 @@ def prefetch(address):
                                  tirx.const(2, "int32"), tirx.const(1, "int32"))
 
 
+# exp(r) on |r| <= ln2/2: degree-6 polynomial fitted for minimal relative error with exp(0) = 1 exact
+# (float32 coefficients; in float32 arithmetic within 2 ulp of exp)
+_EXP_POLY = (1.0, 1.0, 0.49999994, 0.16666432, 0.041668002, 0.0083741555, 0.0013843654)
+# 1.5 * 2^23 + 127: x * log2(e) + this rounds to an integer n + 127 held in the low mantissa bits
+_EXP_ROUND = 12582912.0 + 127.0
+_EXP_ROUND_BITS = 0x4B40007F
+
+
 def exp_neg(x):
     """exp(x) for x <= 0 as vectorisable float32 arithmetic (LLVM would call scalar expf).
 
-    x is clamped at -87 (exp there is ~1.6e-38, i.e. 0 next to the row max's 1); 2^n comes from
-    the exponent bits and exp(r), |r| <= ln2/2, from its degree-7 Taylor polynomial (rel. error
-    ~1e-8, below float32 rounding).
+    x is clamped at -87 (exp there is ~1.6e-38, i.e. 0 next to the row max's 1). One FMA rounds
+    x * log2(e) to n (+ 127, in the mantissa bits of t = x * log2(e) + 1.5 * 2^23 + 127), so n and
+    2^n come from t's bits with integer operations (no round or float->int conversion), and
+    exp(r), r = x - n ln2, from `_EXP_POLY`: within 2 ulp of exp over [-87, 0] in float32.
     """
     lanes = int(x.ty.dtype.lanes)
     f32 = lambda v: tirx.const(v, "float32") if lanes == 1 else tirx.Broadcast(tirx.const(v, "float32"), lanes)  # noqa: E731
     i32 = lambda v: tirx.const(v, "int32") if lanes == 1 else tirx.Broadcast(tirx.const(v, "int32"), lanes)  # noqa: E731
-    x = tirx.max(x, f32(-87.0))
-    n = tirx.floor(x * f32(1.4426950408889634) + f32(0.5))
-    r = x - n * f32(0.693145751953125) - n * f32(1.4286068203094172e-06)
-    poly = f32(1.0 / 5040)
-    for c in (1.0 / 720, 1.0 / 120, 1.0 / 24, 1.0 / 6, 0.5, 1.0, 1.0):
-        poly = poly * r + f32(c)
     itype = "int32" if lanes == 1 else f"int32x{lanes}"
     ftype = "float32" if lanes == 1 else f"float32x{lanes}"
-    two_n = tirx.reinterpret(ftype, tirx.shift_left(n.astype(itype) + i32(127), i32(23)))
-    return poly * two_n
+    x = tirx.max(x, f32(-87.0))
+    # integer subtraction: TVM's simplifier would fold a float (t - 1.5 * 2^23 - 127) back to x * log2(e)
+    t_bits = tirx.reinterpret(itype, x * f32(1.4426950408889634) + f32(_EXP_ROUND))
+    n = (t_bits - i32(_EXP_ROUND_BITS)).astype(ftype)
+    r = x - n * f32(0.693145751953125) - n * f32(1.4286068203094172e-06)
+    poly = f32(_EXP_POLY[-1])
+    for c in _EXP_POLY[-2::-1]:
+        poly = poly * r + f32(c)
+    return poly * tirx.reinterpret(ftype, tirx.shift_left(t_bits, i32(23)))

@@ -337,3 +337,28 @@ def test_group_pv_tiles_that_leave_a_rest_chunk(rng, pv_tile):
     func(*[_t(a) for a in [q, k, v, idx, mask]], out)
     np.testing.assert_allclose(out.numpy(), reference.sparse_attention_group(q, k, v, idx, block, mask),
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("lanes", [1, 8])
+def test_exp_neg_is_within_two_ulp_of_exp(lanes):
+    """The kernels' softmax exp (x <= 0), vectorised and scalar, against float64 exp: within 2 ulp
+    over [-87, 0], 0-ish below (clamped at -87), exactly 1 at 0."""
+    from tvm.script import tirx as T
+
+    @T.prim_func
+    def exp_of(x_h: T.handle, y_h: T.handle):
+        n = T.int64()
+        X = T.match_buffer(x_h, (n,), "float32")
+        Y = T.match_buffer(y_h, (n,), "float32")
+        for c in range(n // lanes):
+            Y[T.Ramp(c * lanes, 1, lanes) if lanes > 1 else c] = _isa.exp_neg(X[T.Ramp(c * lanes, 1, lanes) if lanes > 1 else c])
+
+    x = np.concatenate([np.linspace(-87, 0, 1 << 20), [-1e30, -np.inf, -100, -87.5, 0.0, -1e-30]]).astype("float32")
+    x = np.concatenate([x, np.zeros((-len(x)) % 8, "float32")])
+    y = _empty(x.shape, "float32")
+    build_prim(exp_of)(_t(x), y)
+    got, want = y.numpy().astype(np.float64), np.exp(x.astype(np.float64))
+    inside = x >= -87
+    assert np.abs(got[inside] / want[inside] - 1).max() <= 2 * 2.0 ** -23
+    assert (got[~inside] < 1e-37).all() and (got[~inside] >= 0).all()
+    assert got[x == 0].min() == 1.0
