@@ -168,6 +168,30 @@ def test_topk_with_additive_mask(rng, mask_shape):
             [idx.numpy() >= 0] > -1e4).all(), "a masked key was selected"
 
 
+def test_masked_selection_search_survives_extreme_logits(rng):
+    """The masked selectors search float keys by interpolating their values: huge, infinite-sum,
+    tied and near-threshold logits still give the reference's exact selection (per head and group)."""
+    block = _block(causal=CausalMode.NONE, mask=True)
+    sq, skv = 6, 300
+    scores = _scores(rng, block, sq, skv)
+    mask = np.zeros((1, 1, sq, skv), "float32")
+    mask[..., ::7] = 1e30  # values whose squares overflow float32 (the first guess is not finite)
+    mask[..., 1::5] = -9999.0  # valid, just above MASKED_BELOW
+    mask[..., 2::11] = -1e9  # masked
+    mask[:, :, 3] = 5.0  # a row of ties but for the scores
+    scores[:, :, 4] = 7  # a row of tied scores
+    qs, ks = np.full(6, 0.01, "float32"), np.array([0.02, 0.03], "float32")
+    top = max_keep_count(0.25, skv, 4)
+    idx = _empty((1, 6, sq, top), "int32")
+    build_prim(topk.topk_indices(block, 4, mask.shape))(_t(scores), _t(np.full(6, 0.25)), _t(qs), _t(ks), _t(mask), idx)
+    expected = reference.topk_indices(scores, np.full(6, 0.25), block, 4, top, mask=mask, q_scale=qs, k_scale=ks)
+    np.testing.assert_array_equal(idx.numpy(), expected)
+    gidx = _empty((1, 2, sq, top), "int32")
+    build_prim(topk_group.topk_group_indices(block, 4, mask.shape))(_t(scores), _t(np.full(2, 0.25)), _t(qs), _t(ks), _t(mask), gidx)
+    expected = reference.topk_group_indices(scores, np.full(2, 0.25), block, 4, top, qs, ks, mask=mask)
+    np.testing.assert_array_equal(gidx.numpy(), expected)
+
+
 @pytest.mark.parametrize("dtype,tol", [("float32", 1e-5), ("float16", 2e-3)])
 @pytest.mark.parametrize("kv_map", [KVMap.INTERLEAVE, KVMap.TILE])
 def test_sparse_attention_matches_reference(rng, dtype, tol, kv_map):
