@@ -150,22 +150,21 @@ _EXP_POLY = (1.0, 1.0, 0.49999994, 0.16666432, 0.041668002, 0.0083741555, 0.0013
 # 1.5 * 2^23 + 127: x * log2(e) + this rounds to an integer n + 127 held in the low mantissa bits
 _EXP_ROUND = 12582912.0 + 127.0
 _EXP_ROUND_BITS = 0x4B40007F
+EXP_MIN, EXP_MAX = -87.3365478515625, 88.3762626647949  # exp_core's domain: 2^n stays a normal float
 
 
-def exp_neg(x):
-    """exp(x) for x <= 0 as vectorisable float32 arithmetic (LLVM would call scalar expf).
+def exp_core(x):
+    """exp(x) as vectorisable float32 arithmetic for x (scalar or vector) in [EXP_MIN, EXP_MAX].
 
-    x is clamped at -87 (exp there is ~1.6e-38, i.e. 0 next to the row max's 1). One FMA rounds
-    x * log2(e) to n (+ 127, in the mantissa bits of t = x * log2(e) + 1.5 * 2^23 + 127), so n and
-    2^n come from t's bits with integer operations (no round or float->int conversion), and
-    exp(r), r = x - n ln2, from `_EXP_POLY`: within 2 ulp of exp over [-87, 0] in float32.
+    One FMA rounds x * log2(e) to n (+ 127, in the mantissa bits of t = x * log2(e) + 1.5 * 2^23
+    + 127), so n and 2^n come from t's bits with integer operations (no round or float->int
+    conversion), and exp(r), r = x - n ln2, from `_EXP_POLY`: within 2 ulp of exp in float32.
     """
     lanes = int(x.ty.dtype.lanes)
     f32 = lambda v: tirx.const(v, "float32") if lanes == 1 else tirx.Broadcast(tirx.const(v, "float32"), lanes)  # noqa: E731
     i32 = lambda v: tirx.const(v, "int32") if lanes == 1 else tirx.Broadcast(tirx.const(v, "int32"), lanes)  # noqa: E731
     itype = "int32" if lanes == 1 else f"int32x{lanes}"
     ftype = "float32" if lanes == 1 else f"float32x{lanes}"
-    x = tirx.max(x, f32(-87.0))
     # integer subtraction: TVM's simplifier would fold a float (t - 1.5 * 2^23 - 127) back to x * log2(e)
     t_bits = tirx.reinterpret(itype, x * f32(1.4426950408889634) + f32(_EXP_ROUND))
     n = (t_bits - i32(_EXP_ROUND_BITS)).astype(ftype)
@@ -174,3 +173,11 @@ def exp_neg(x):
     for c in _EXP_POLY[-2::-1]:
         poly = poly * r + f32(c)
     return poly * tirx.reinterpret(ftype, tirx.shift_left(t_bits, i32(23)))
+
+
+def exp_neg(x):
+    """exp(x) for x <= 0 (LLVM would call scalar expf): `exp_core` of x clamped at -87, where exp
+    is ~1.6e-38, i.e. 0 next to a softmax row maximum's 1."""
+    lanes = int(x.ty.dtype.lanes)
+    low = tirx.const(-87.0, "float32")
+    return exp_core(tirx.max(x, low if lanes == 1 else tirx.Broadcast(low, lanes)))

@@ -2,17 +2,17 @@
 
 LLVM turns a vector ``exp`` into one libm ``expf`` call per lane (~10 ns each here), which made
 the dense softmax and SwiGLU's SiLU slower than the matmuls around them. `use_fast_exp` rewrites
-the blocks of a schedule to Cephes' expf polynomial on [-ln2/2, ln2/2] times 2^n built from the
-exponent bits: within 2 ulp of numpy's exp over the float32 range, 0 below -87.34 (numpy gives a
-subnormal there) and inf above 88.38. Used by `targets.cpu_generic.schedule_default` on the
-model's own kernels only (the shadowAttn kernels keep their own schedules).
+the blocks of a schedule to `ops._isa.exp_core` (the shadowAttn kernels' exp: a polynomial on
+[-ln2/2, ln2/2] times 2^n built from the exponent bits): within 2 ulp of numpy's exp over the
+float32 range, 0 below -87.34 (numpy gives a subnormal there) and inf above 88.38. Used by
+`targets.cpu_generic.schedule_default` on the model's own kernels only (the shadowAttn kernels
+call `exp_neg` themselves).
 """
 from __future__ import annotations
 
 from .._compat import s_tir, tirx, tvm
+from ..ops._isa import EXP_MAX, EXP_MIN, exp_core
 
-_HI, _LO = 88.3762626647949, -87.3365478515625
-_POLY = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
 _BINARY = (tirx.Add, tirx.Sub, tirx.Mul, tirx.Div, tirx.Mod, tirx.FloorDiv, tirx.FloorMod, tirx.Min, tirx.Max,
            tirx.EQ, tirx.NE, tirx.LT, tirx.LE, tirx.GT, tirx.GE, tirx.And, tirx.Or, tirx.LShift, tirx.RShift,
            tirx.BitwiseAnd, tirx.BitwiseOr, tirx.BitwiseXor)
@@ -23,18 +23,11 @@ FREE_CALLS = frozenset({"prim.if_then_else", "tirx.reinterpret", "prim.likely"})
 def fast_exp(value):
     """exp(value) for a float32 expression, vectorisable."""
     f32 = "float32"
-    x, n, r = (tirx.Var(name, f32) for name in ("exp_x", "exp_n", "exp_r"))
-    clamped = tirx.max(tirx.min(x, tirx.const(_HI, f32)), tirx.const(_LO, f32))
-    n_value = tirx.floor(clamped * tirx.const(1.44269504088896341, f32) + tirx.const(0.5, f32))
-    r_value = clamped - n * tirx.const(0.693359375, f32) - n * tirx.const(-2.12194440e-4, f32)
-    poly = tirx.const(_POLY[0], f32)
-    for coef in _POLY[1:]:
-        poly = poly * r + tirx.const(coef, f32)
-    y = poly * r * r + r + tirx.const(1.0, f32)
-    scale = tirx.call_intrin(f32, "tirx.reinterpret", (tirx.Cast("int32", n) + 127) << 23)
-    out = tirx.Select(x < tirx.const(_LO, f32), tirx.const(0.0, f32),
-                      tirx.Select(x > tirx.const(_HI, f32), tirx.const(float("inf"), f32), y * scale))
-    return tirx.Let(x, value, tirx.Let(n, n_value, tirx.Let(r, r_value, out)))
+    x, c = tirx.Var("exp_x", f32), tirx.Var("exp_c", f32)
+    out = tirx.Select(x < tirx.const(EXP_MIN, f32), tirx.const(0.0, f32),
+                      tirx.Select(x > tirx.const(EXP_MAX, f32), tirx.const(float("inf"), f32), exp_core(c)))
+    clamped = tirx.max(tirx.min(x, tirx.const(EXP_MAX, f32)), tirx.const(EXP_MIN, f32))
+    return tirx.Let(x, value, tirx.Let(c, clamped, out))
 
 
 def _fast(call):
