@@ -211,7 +211,7 @@ def row_selector(isa, masked: bool, key_dtype: str = "int32"):
             # invariant count(X >= lo) >= kk > count(X > hi); guesses interpolate the count linearly
             # between the bounds, bisection steps interleaved so the worst case stays logarithmic
             st[7] = T.int64(0)
-            st[5] = kk  # through memory: TVM 0.27's simplifier builds a float64 IntImm from kk / nval
+            st[5] = kk  # through memory: with kk an expression of nval, TVM 0.27's codegen fails here (float64 IntImm)
             st[6] = key_of(_normal_guess(fv[0], fv[1], nval, st[5]))
             while st[0] < st[1] and st[2] > kk:
                 step = T.Bind(st[7])

@@ -178,7 +178,7 @@ def test_masked_selection_search_survives_extreme_logits(rng):
     mask[..., ::7] = 1e30  # values whose squares overflow float32 (the first guess is not finite)
     mask[..., 1::5] = -9999.0  # valid, just above MASKED_BELOW
     mask[..., 2::11] = -1e9  # masked
-    mask[:, :, 3] = 5.0  # a row of ties but for the scores
+    mask[:, :, 3] = 5.0  # a row with one mask value: its order is the scores'
     scores[:, :, 4] = 7  # a row of tied scores
     qs, ks = np.full(6, 0.01, "float32"), np.array([0.02, 0.03], "float32")
     top = max_keep_count(0.25, skv, 4)
