@@ -161,8 +161,8 @@ def exp_core(x):
     conversion), and exp(r), r = x - n ln2, from `_EXP_POLY`: within 2 ulp of exp in float32.
     """
     lanes = int(x.ty.dtype.lanes)
-    f32 = lambda v: tirx.const(v, "float32") if lanes == 1 else tirx.Broadcast(tirx.const(v, "float32"), lanes)  # noqa: E731
-    i32 = lambda v: tirx.const(v, "int32") if lanes == 1 else tirx.Broadcast(tirx.const(v, "int32"), lanes)  # noqa: E731
+    f32 = lambda v: bcast(tirx.const(v, "float32"), lanes)  # noqa: E731
+    i32 = lambda v: bcast(tirx.const(v, "int32"), lanes)  # noqa: E731
     itype = "int32" if lanes == 1 else f"int32x{lanes}"
     ftype = "float32" if lanes == 1 else f"float32x{lanes}"
     # integer subtraction: TVM's simplifier would fold a float (t - 1.5 * 2^23 - 127) back to x * log2(e)
@@ -178,6 +178,4 @@ def exp_core(x):
 def exp_neg(x):
     """exp(x) for x <= 0 (LLVM would call scalar expf): `exp_core` of x clamped at -87, where exp
     is ~1.6e-38, i.e. 0 next to a softmax row maximum's 1."""
-    lanes = int(x.ty.dtype.lanes)
-    low = tirx.const(-87.0, "float32")
-    return exp_core(tirx.max(x, low if lanes == 1 else tirx.Broadcast(low, lanes)))
+    return exp_core(tirx.max(x, bcast(tirx.const(-87.0, "float32"), int(x.ty.dtype.lanes))))

@@ -11,9 +11,8 @@ heads of one KV head, logits for 8 keys at once (q's vectors in the outer loop, 
 read side by side) and a transposed (shuffle-add) reduction, an exact vectorised softmax, p·V
 vectorised over Dv, vector widths from the target (`_isa`). Trailing -1 slots are skipped; -1
 slots anywhere else are ignored. A row whose slots are all -1 sees no key (every key masked): it
-gets what the dense block gives it,
-the softmax over all its causally allowed keys of scale·q·k + mask (NaN when every logit is
--inf, as dense softmax).
+gets what the dense block gives it, the softmax over all its causally allowed keys of scale·q·k +
+mask (NaN when every logit is -inf, as dense softmax).
 Other shapes fall back to a TE definition that `targets.cpu_kernels` schedules.
 
 `sparse_attention_group` is the "group" mode: one selection per KV head and query row,
