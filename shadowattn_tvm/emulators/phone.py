@@ -127,7 +127,8 @@ def _wait(what: str, ready, procs: list[Proc], timeout: float) -> None:
             if not proc.alive():
                 raise PhoneError(f"{what}: process {proc.pid} exited; log {proc.log}: {_tail(proc.log)}")
         time.sleep(0.5)
-    raise PhoneError(f"{what}: not ready after {timeout:.0f} s; logs: {', '.join(p.log for p in procs)}")
+    raise PhoneError(f"{what}: not ready after {timeout:.0f} s; "
+                     + "; ".join(f"log {p.log}: {_tail(p.log)}" for p in procs))
 
 
 def _runtime_only_env() -> dict:
@@ -186,7 +187,8 @@ def start(key: str = "snapdragon-8gen3", *, kind: ServerKind | str = ServerKind.
                      _runtime_only_env())
     server = None
     try:
-        _wait("rpc tracker", lambda: _port_in_use(host, tracker_port), [tracker], 30)
+        # the tracker imports TVM twice (its PopenWorker too): ~2 s idle, more under a loaded CI
+        _wait("rpc tracker", lambda: _port_in_use(host, tracker_port), [tracker], timeout)
         if npu_proc is not None:  # the first start compiles the qemu driver (cached after)
             _wait("npu service", lambda: _port_in_use(host, npu_port), [npu_proc], max(timeout, 300))
         server = _spawn([python, str(SERVER_SCRIPT), "--host", host, "--port", str(server_port),
