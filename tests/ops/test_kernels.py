@@ -283,6 +283,32 @@ def test_sparse_attention_every_width(rng, isa, dtype, tol):
                                rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("group_mode", [False, True], ids=["per_head", "group"])
+def test_a_holes_key_never_sets_the_softmax_maximum(rng, group_mode):
+    """A -1 hole inside a row's slots is ignored even where key 0, whose logit phase A computes
+    for it, scores 2000 above the row's keys: a softmax maximum that saw it would underflow every
+    weight (NaN output)."""
+    block = _block(causal=CausalMode.TOP_LEFT, heads=6, kv_heads=2, d=32)
+    sq = skv = 40
+    q, k, v = _qkv(rng, block, sq, skv)
+    hk = reference.kv_index(block)[3]
+    k[0, hk, 0] = q[0, 3, 30] * (2000 / (block.scale * float(q[0, 3, 30] @ q[0, 3, 30])))
+    heads = block.num_kv_heads if group_mode else block.num_heads
+    idx = np.full((1, heads, sq, 12), -1, "int32")
+    for h in range(heads):
+        for i in range(sq):
+            keys = np.sort(rng.permutation(np.arange(1, i + 1))[:10])  # never key 0
+            idx[0, h, i, :len(keys)] = keys
+    row = idx[0, hk if group_mode else 3, 30]
+    row[2] = -1  # the hole (key 0 in phase A)
+    kernel = sparse_attention.sparse_attention_group if group_mode else sparse_attention.sparse_attention
+    func = build_prim(kernel(block, q.shape, skv, 32, 12))
+    out = _empty(q.shape, "float32")
+    func(_t(q), _t(k), _t(v), _t(idx), out)
+    want = (reference.sparse_attention_group if group_mode else reference.sparse_attention)(q, k, v, idx, block)
+    np.testing.assert_allclose(out.numpy()[0, :, 1:], want[0, :, 1:], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_sparse_attention_rows_without_keys_get_the_dense_value(rng, dtype):
     """All-(-1) rows: softmax over every causally allowed key of scale·q·k + mask (fp16 adds in fp16)."""
