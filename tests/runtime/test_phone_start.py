@@ -1,6 +1,8 @@
-"""The emulated phone's start-up failures name the problem (no tracker or server is started)."""
+"""Starting the emulated phone: failures name the problem, and its RPC helpers start without torch."""
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -25,3 +27,10 @@ def test_a_process_that_never_gets_ready_is_reported_with_its_log(tmp_path):
     with pytest.raises(phone.PhoneError, match=r"rpc tracker: not ready after 1 s; log .*tracker\.log: "
                                                r"starting \| bind to .* something the user must see"):
         phone._wait("rpc tracker", lambda: False, [alive], 0.6)
+
+
+def test_the_rpc_helpers_import_tvm_without_torch(tmp_path):
+    """Trackers and host servers get an environment whose `import torch` fails, so tvm_ffi skips it."""
+    out = subprocess.run([sys.executable, "-c", "import sys, tvm.rpc; print(sorted(m for m in sys.modules if m.startswith('torch')))"],
+                         env=phone._helper_env(tmp_path), capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
