@@ -96,6 +96,33 @@ def cache_lock(name: str):
         yield
 
 
+def torchless_env(env=None) -> dict:
+    """`env` (default os.environ) for a helper process that only needs TVM (an RPC tracker or
+    server, a MetaSchedule worker): its `import torch` fails (a stub under the cache root), so
+    tvm_ffi, which imports torch whenever it can, skips it: `import tvm` 5.5 -> 2.2 s here."""
+    stub = cache_dir() / "no-torch" / "torch" / "__init__.py"
+    if not stub.exists():
+        stub.parent.mkdir(parents=True, exist_ok=True)
+        stub.write_text('raise ImportError("torch is hidden from this TVM helper process")\n')
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(stub.parent.parent), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+@contextlib.contextmanager
+def torchless_subprocesses():
+    """Processes started in this block (they inherit os.environ) get `torchless_env`."""
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = torchless_env()["PYTHONPATH"]
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
 def describe() -> str:
     """One line per setting: name, current value, meaning (for --help epilogs and bug reports)."""
     return "\n".join(f"{s.name}={s.get()}  # {s.doc}" for s in ALL)

@@ -131,15 +131,10 @@ def _wait(what: str, ready, procs: list[Proc], timeout: float) -> None:
                      + "; ".join(f"log {p.log}: {_tail(p.log)}" for p in procs))
 
 
-def _helper_env(root: Path) -> dict:
-    """The environment of trackers and host servers, which only serve RPC: TVM's runtime library,
-    and no torch, which tvm_ffi imports whenever it can (a stub under `root` that raises
-    ImportError): `import tvm` 5.5 -> 2.2 s, twice per process (TVM's PopenWorker imports it again)."""
-    stub = root / "no-torch" / "torch" / "__init__.py"
-    stub.parent.mkdir(parents=True, exist_ok=True)
-    stub.write_text('raise ImportError("torch is hidden from the emulated phone\'s RPC helpers")\n')
-    path = os.pathsep.join(p for p in (str(stub.parent.parent), os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "TVM_USE_RUNTIME_LIB": "1", "PYTHONPATH": path}
+def _helper_env() -> dict:
+    """Trackers and host servers only serve RPC: TVM's runtime library, and no torch
+    (`settings.torchless_env`; TVM's PopenWorker imports TVM a second time in each)."""
+    return {**settings.torchless_env(), "TVM_USE_RUNTIME_LIB": "1"}
 
 
 def _qemu_version() -> str:
@@ -173,7 +168,7 @@ def start(key: str = "snapdragon-8gen3", *, kind: ServerKind | str = ServerKind.
         if _port_in_use(host, port):
             raise PhoneError(f"port {host}:{port} is already in use: pick another (or 0 for a free one)")
     logs = state_file.parent / "logs"
-    helper_env = _helper_env(state_file.parent)
+    helper_env = _helper_env()
 
     if kind is ServerKind.EMULATED:
         image = phone_image.prepare(log=log)
