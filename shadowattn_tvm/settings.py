@@ -96,15 +96,15 @@ def cache_lock(name: str):
         yield
 
 
-def torchless_env(env=None) -> dict:
-    """`env` (default os.environ) for a helper process that only needs TVM (an RPC tracker or
+def torchless_env() -> dict:
+    """This process's environment for a helper process that only needs TVM (an RPC tracker or
     server, a MetaSchedule worker): its `import torch` fails (a stub under the cache root), so
     tvm_ffi, which imports torch whenever it can, skips it: `import tvm` 5.5 -> 2.2 s here."""
     stub = cache_dir() / "no-torch" / "torch" / "__init__.py"
     if not stub.exists():
         stub.parent.mkdir(parents=True, exist_ok=True)
         stub.write_text('raise ImportError("torch is hidden from this TVM helper process")\n')
-    env = dict(os.environ if env is None else env)
+    env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(stub.parent.parent), env.get("PYTHONPATH", "")) if p)
     return env
 

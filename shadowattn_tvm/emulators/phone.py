@@ -189,7 +189,7 @@ def start(key: str = "snapdragon-8gen3", *, kind: ServerKind | str = ServerKind.
                      helper_env)
     server = None
     try:
-        # the tracker imports TVM twice (its PopenWorker too): ~2 s idle, more under a loaded CI
+        # the tracker imports TVM twice (its PopenWorker too): ~4 s idle, far more on a loaded CI machine
         _wait("rpc tracker", lambda: _port_in_use(host, tracker_port), [tracker], timeout)
         if npu_proc is not None:  # the first start compiles the qemu driver (cached after)
             _wait("npu service", lambda: _port_in_use(host, npu_port), [npu_proc], max(timeout, 300))

@@ -28,7 +28,6 @@ def test_a_process_that_never_gets_ready_is_reported_with_its_log(tmp_path):
         phone._wait("rpc tracker", lambda: False, [alive], 0.6)
 
 
-
 def test_the_rpc_helpers_run_the_runtime_library_without_torch():
     env = phone._helper_env()
     assert env["TVM_USE_RUNTIME_LIB"] == "1" and env["PYTHONPATH"] == settings.torchless_env()["PYTHONPATH"]
