@@ -101,9 +101,11 @@ def torchless_env() -> dict:
     server, a MetaSchedule worker): its `import torch` fails (a stub under the cache root), so
     tvm_ffi, which imports torch whenever it can, skips it: `import tvm` 5.5 -> 2.2 s here."""
     stub = cache_dir() / "no-torch" / "torch" / "__init__.py"
-    if not stub.exists():
+    if not stub.exists():  # written whole, then renamed: a concurrent first use never reads half a file
         stub.parent.mkdir(parents=True, exist_ok=True)
-        stub.write_text('raise ImportError("torch is hidden from this TVM helper process")\n')
+        part = stub.with_name(f"__init__.py.{os.getpid()}")
+        part.write_text('raise ImportError("torch is hidden from this TVM helper process")\n')
+        os.replace(part, stub)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(stub.parent.parent), env.get("PYTHONPATH", "")) if p)
     return env
