@@ -13,6 +13,9 @@ CPU pilot's int16 scores, and the group mode (one selection per KV head and quer
 top-k also on int16 scores (what an NPU graph emitting int16 would give; the graphs emit int32).
 
     pip install -e '.[bench]' && python benchmarks/attention_kernels.py [--tokens 1024 2048 4096]
+
+`--runs N` measures everything N times in one process and ends with each run's lane ratios, their
+median and the worst: on a shared VM the ratio of one run moves by several percent.
 """
 from __future__ import annotations
 
@@ -209,6 +212,8 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=7, help="timing rounds (best of)")
     parser.add_argument("--dense-max", type=int, default=2048,
                         help="skip TVM dense beyond this length (it is slow)")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="measure everything this many times; a last table gives each run's lane ratios")
     parser.add_argument("--threads", type=int, default=THREADS, help="TVM and PyTorch threads (default: "
                         "TVM_NUM_THREADS, else 2); set before any kernel runs")
     args = parser.parse_args(argv)
@@ -220,25 +225,39 @@ def main(argv=None):
     print(f"host {TARGET}, {isa.name} ({isa.lanes()} float32 lanes), {THREADS} threads; load average "
           f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print(f"peaks (TVM kernels, this run): FMA {peak_gflops:.1f} GFLOP/s, stream read {peak_gbs:.1f} GB/s")
-    for tokens in args.tokens:
-        rows, kept = bench(tokens, args.keep, args.k_min, args.repeat, args.dense_max)
-        peer = rows.get(PEER, (None,))[0]
-        lanes = {
-            "top-k + sparse, int32 scores": ("top-k (int32 scores)", "sparse attention"),
-            "top-k + sparse, int16 scores": ("top-k (int16 scores)", "sparse attention"),
-            "group top-k + group sparse": ("group top-k (int32 scores)", "group sparse attention"),
-            "group, int16 scores": ("group top-k (int16 scores)", "group sparse attention"),
-        }
-        for name, parts in lanes.items():
-            rows[name] = (sum(rows[p][0] for p in parts), None, None)
-        print(f"\n{tokens} tokens, keep {args.keep} (kept {100 * kept:.1f} % of visible keys), {THREADS} threads, "
-              f"host CPU, load {os.getloadavg()[0]:.2f}")
-        print(f"{'kernel':36s} {'ms':>9s} {'GFLOP/s':>8s} {'% FMA':>6s} {'GB/s':>6s} {'% BW':>5s} {'vs SDPA':>8s}")
-        for name, (ms, flops, nbytes) in rows.items():
-            gf = f"{flops / ms / 1e6:8.1f} {100 * flops / ms / 1e6 / peak_gflops:5.0f}%" if flops else f"{'-':>8s} {'-':>6s}"
-            bw = f"{nbytes / ms / 1e6:6.1f} {100 * nbytes / ms / 1e6 / peak_gbs:4.0f}%" if nbytes else f"{'-':>6s} {'-':>5s}"
-            ratio = f"{ms / peer:7.2f}x" if peer else f"{'-':>8s}"
-            print(f"{name:36s} {ms:9.2f} {gf} {bw} {ratio}")
+    lanes = {
+        "top-k + sparse, int32 scores": ("top-k (int32 scores)", "sparse attention"),
+        "top-k + sparse, int16 scores": ("top-k (int16 scores)", "sparse attention"),
+        "group top-k + group sparse": ("group top-k (int32 scores)", "group sparse attention"),
+        "group, int16 scores": ("group top-k (int16 scores)", "group sparse attention"),
+    }
+    ratios = {}  # (tokens, lane) -> vs SDPA, one per run
+    for run in range(args.runs):
+        if args.runs > 1:
+            print(f"\n=== run {run + 1} of {args.runs} ===")
+        for tokens in args.tokens:
+            rows, kept = bench(tokens, args.keep, args.k_min, args.repeat, args.dense_max)
+            peer = rows.get(PEER, (None,))[0]
+            for name, parts in lanes.items():
+                rows[name] = (sum(rows[p][0] for p in parts), None, None)
+            print(f"\n{tokens} tokens, keep {args.keep} (kept {100 * kept:.1f} % of visible keys), {THREADS} threads, "
+                  f"host CPU, load {os.getloadavg()[0]:.2f}")
+            print(f"{'kernel':36s} {'ms':>9s} {'GFLOP/s':>8s} {'% FMA':>6s} {'GB/s':>6s} {'% BW':>5s} {'vs SDPA':>8s}")
+            for name, (ms, flops, nbytes) in rows.items():
+                gf = f"{flops / ms / 1e6:8.1f} {100 * flops / ms / 1e6 / peak_gflops:5.0f}%" if flops else f"{'-':>8s} {'-':>6s}"
+                bw = f"{nbytes / ms / 1e6:6.1f} {100 * nbytes / ms / 1e6 / peak_gbs:4.0f}%" if nbytes else f"{'-':>6s} {'-':>5s}"
+                ratio = f"{ms / peer:7.2f}x" if peer else f"{'-':>8s}"
+                print(f"{name:36s} {ms:9.2f} {gf} {bw} {ratio}")
+                if peer:
+                    ratios.setdefault((tokens, name), []).append(ms / peer)
+    if args.runs > 1 and ratios:
+        print(f"\nvs SDPA in each of the {args.runs} runs (lanes: top-k + sparse)")
+        print(f"{'tokens':>6s} {'lane':36s} " + " ".join(f"{'run ' + str(r + 1):>6s}" for r in range(args.runs))
+              + f" {'median':>7s} {'worst':>6s}")
+        for (tokens, name), values in ratios.items():
+            if name in lanes:
+                print(f"{tokens:6d} {name:36s} " + " ".join(f"{v:5.2f}x" for v in values)
+                      + f" {np.median(values):6.2f}x {max(values):5.2f}x")
 
 
 if __name__ == "__main__":
