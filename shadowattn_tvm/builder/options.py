@@ -10,7 +10,7 @@ from ..npu.options import NPUOptions
 from ..ir_attrs import tuning_choices
 from ..passes import lowering, pipeline
 from ..passes.split_sparse_attention import check_selection
-from ..tuning.database import TuneLogsError, TuningDatabase
+from ..tuning.database import TuneLogsError, TuningDatabase, open_database
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class BuildOptions:
 
     def database(self) -> TuningDatabase | None:
         """The checked tuning database, or None; TuneLogsError (a ValueError) names the fix."""
-        return None if self.tune_logs is None else TuningDatabase(self.tune_logs)
+        return None if self.tune_logs is None else open_database(self.tune_logs)
 
     def relax_pipeline(self, database: TuningDatabase | None = None, *, npu: NPUOptions | None = None,
                        lower: bool = True):

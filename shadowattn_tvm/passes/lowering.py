@@ -23,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .._compat import relax, tirx, tvm
-from ..tuning.database import TuningDatabase
+from ..tuning.database import TuningDatabase, open_database
 from ..targets.lanes import lane_for
 from .apply_tuning_database import ApplyTuningDatabase
 from .schedule_default_cpu import ScheduleDefaultCPU
@@ -77,7 +77,7 @@ def lowering(target=None, database: TuningDatabase | str | Path | None = None) -
     on CPUs; what they scheduled is in the lowered module (`ir_attrs.tuning_choices`).
     """
     if database is not None and not isinstance(database, TuningDatabase):
-        database = TuningDatabase(database)
+        database = open_database(database)
     tuning = None if database is None else ApplyTuningDatabase(database, target)
 
     @tvm.transform.module_pass(opt_level=0, name="ShadowAttnLowering")

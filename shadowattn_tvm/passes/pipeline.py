@@ -26,7 +26,7 @@ from ..ir_attrs import attention_report
 from ..npu.costs import DeviceCostModel
 from ..npu.options import NPUOptions
 from ..report import AttentionReport
-from ..tuning.database import TuningDatabase
+from ..tuning.database import TuningDatabase, open_database
 from ..targets import DeviceProfile
 from ..targets import get as get_device
 from .bucket_pilot import BucketPilot
@@ -110,7 +110,7 @@ def pipeline(
     ]
     if npu is not None:
         phases += [("3_bucket", BucketPilot(npu, profile, k_min=k_min)), ("4_pipeline", PipelineHeads(npu.costs))]
-    database = tune_logs if tune_logs is None or isinstance(tune_logs, TuningDatabase) else TuningDatabase(tune_logs)
+    database = tune_logs if tune_logs is None or isinstance(tune_logs, TuningDatabase) else open_database(tune_logs)
     if database is not None:  # only sparse kernels whose record wins take the tunable form
         phases.append(("4b_tunable", UseTunableKernels(database)))
     lower_pass = lowering(database=database)

@@ -99,6 +99,29 @@ class TuningDatabase:
         tmp.replace(path)
 
 
+_OPENED: dict = {}  # resolved directory -> (its files' stats, TuningDatabase)
+
+
+def open_database(work_dir: str | Path) -> TuningDatabase:
+    """`TuningDatabase(work_dir)`, shared in this process while its three files are unchanged (same
+    size and mtime): MetaSchedule parses a 2 MB database in ~3.5 s, and a compile reads it for its
+    passes and again for lowering. Compile paths open it here; `tune` constructs its own (it writes)."""
+    path = Path(work_dir).resolve()
+    stats = []
+    for name in (WORKLOADS, RECORDS, BASELINE_FILE):
+        try:
+            st = (path / name).stat()
+            stats.append((st.st_size, st.st_mtime_ns))
+        except OSError:
+            stats.append(None)
+    key = tuple(stats)
+    opened = _OPENED.get(path)
+    if opened is None or opened[0] != key:
+        opened = (key, TuningDatabase(work_dir))  # raises for unusable logs: nothing is kept
+        _OPENED[path] = opened
+    return opened[1]
+
+
 def _workload_problem(line) -> str | None:
     ok = (isinstance(line, list) and len(line) == 2 and isinstance(line[0], str) and line[0].isdigit()
           and isinstance(line[1], str))

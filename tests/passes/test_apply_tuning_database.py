@@ -3,6 +3,7 @@
 Uses hand-made records (`tests.tuning_helpers`), no tuning run: a few seconds per test.
 """
 import json
+import os
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from shadowattn_tvm.builder.options import BuildOptions, compile_model
 from shadowattn_tvm.passes import pipeline
 from shadowattn_tvm.ir_attrs import TUNING, tuning_choices
 from shadowattn_tvm.passes.use_tunable_kernels import UseTunableKernels, swap_to_tunable
-from shadowattn_tvm.tuning.database import BASELINE_FILE, TuneLogsError, TuningDatabase
+from shadowattn_tvm.tuning.database import BASELINE_FILE, TuneLogsError, TuningDatabase, open_database
 
 from ..tuning_helpers import TAG, TARGET, fake_tune_logs
 
@@ -106,6 +107,25 @@ def test_unusable_logs_name_the_fix(tmp_path):
     (logs / BASELINE_FILE).write_text(json.dumps({"1": {"task": "x"}}))
     with pytest.raises(TuneLogsError, match="malformed.*re-measure"):
         TuningDatabase(logs)
+
+
+
+def test_compiles_share_an_opened_database_until_its_files_change(tmp_path):
+    logs = fake_tune_logs(tmp_path / "host", TOKENS, tuned_ms=0.01, shipped_ms=1.0)
+    first = open_database(logs)
+    assert open_database(str(logs)) is first and BuildOptions(tune_logs=str(logs)).database() is first
+    baseline = logs / BASELINE_FILE  # `tune` rewrites it: the next compile reads the directory again
+    later = baseline.stat().st_mtime_ns + 10 ** 9
+    os.utime(baseline, ns=(later, later))
+    second = open_database(logs)
+    assert second is not first and open_database(logs) is second and len(second) == len(first)
+    records = logs / "database_tuning_record.json"
+    good = records.read_text()
+    records.write_text(good + "[0, [[[\n")
+    with pytest.raises(TuneLogsError, match="not JSON"):  # broken logs are named, never served from before
+        open_database(logs)
+    records.write_text(good)
+    assert open_database(logs) is not second
 
 
 def test_use_tunable_kernels_swaps_every_sparse_call_when_extracting():
