@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from .._compat import tvm
 from ..calibrate.profile import SparsityProfile
 from ..npu.options import NPUOptions
 from ..ir_attrs import attention_report
@@ -76,6 +77,8 @@ def _write_reference(ctx: BuildContext) -> list:
     if str(ctx.device.cpu) != str(host.cpu):  # the same shadowAttn-level program, lowered for this host
         ctx.log("[compile] reference: the build's program lowered for this host")
         executable = lower_ir(ctx.ir, host.cpu, ctx.options)
+    elif (ctx.out / CPU_MODULE).is_file():  # the exported library: running the executable would have
+        executable = tvm.runtime.load_module(str(ctx.out / CPU_MODULE))  # LLVM generate its code again
     if ctx.model.generation is not None:
         return reference.write_generation(ctx.out, ctx.model, executable)
     return reference.write(ctx.out, ctx.model, executable)

@@ -65,6 +65,16 @@ def test_reference_is_the_build_run_on_its_seeded_inputs(host_build):
     assert json.loads((out / "reference" / "reference.json").read_text())["weights"] == []
 
 
+
+def test_a_host_builds_reference_runs_the_exported_library(tmp_path, monkeypatch):
+    """Not the in-memory executable, whose first run would make LLVM generate its code again."""
+    loaded = []
+    load = tvm.runtime.load_module
+    monkeypatch.setattr(tvm.runtime, "load_module", lambda path, *a, **k: loaded.append(path) or load(path, *a, **k))
+    compile_to_dir("host", tmp_path / "host", tokens=32, **quiet)
+    assert [path.rsplit("/", 1)[1] for path in loaded] == ["cpu.so"]  # in the build's staging directory
+
+
 def test_host_build_runs_and_is_attention(host_build):
     manifest = load_manifest(host_build.out_dir)
     inputs = make_inputs(manifest.inputs, seed=0)
