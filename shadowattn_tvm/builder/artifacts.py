@@ -77,8 +77,9 @@ def _write_reference(ctx: BuildContext) -> list:
     if str(ctx.device.cpu) != str(host.cpu):  # the same shadowAttn-level program, lowered for this host
         ctx.log("[compile] reference: the build's program lowered for this host")
         executable = lower_ir(ctx.ir, host.cpu, ctx.options)
-    elif (ctx.out / CPU_MODULE).is_file():  # the exported library: running the executable would have
-        executable = tvm.runtime.load_module(str(ctx.out / CPU_MODULE))  # LLVM generate its code again
+    elif (ctx.out / CPU_MODULE).is_file():
+        # the exported library: the executable's first run would make LLVM generate its code again
+        executable = tvm.runtime.load_module(str(ctx.out / CPU_MODULE))
     if ctx.model.generation is not None:
         return reference.write_generation(ctx.out, ctx.model, executable)
     return reference.write(ctx.out, ctx.model, executable)
