@@ -96,26 +96,29 @@ def cache_lock(name: str):
         yield
 
 
-def torchless_env() -> dict:
-    """This process's environment for a helper process that only needs TVM (an RPC tracker or
-    server, a MetaSchedule worker): its `import torch` fails (a stub under the cache root), so
-    tvm_ffi, which imports torch whenever it can, skips it: `import tvm` 5.5 -> 2.2 s here."""
+def _torchless_pythonpath() -> str:
+    """PYTHONPATH with a stub `torch` (under the cache root) whose import fails, first."""
     stub = cache_dir() / "no-torch" / "torch" / "__init__.py"
     if not stub.exists():  # written whole, then renamed: a concurrent first use never reads half a file
         stub.parent.mkdir(parents=True, exist_ok=True)
         part = stub.with_name(f"__init__.py.{os.getpid()}")
         part.write_text('raise ImportError("torch is hidden from this TVM helper process")\n')
         os.replace(part, stub)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(stub.parent.parent), env.get("PYTHONPATH", "")) if p)
-    return env
+    return os.pathsep.join(p for p in (str(stub.parent.parent), os.environ.get("PYTHONPATH", "")) if p)
+
+
+def torchless_env() -> dict:
+    """This process's environment for a helper process that only needs TVM (an RPC tracker or
+    server, a MetaSchedule worker): its `import torch` fails, so tvm_ffi, which imports torch
+    whenever it can, skips it: `import tvm` 5.5 -> 2.2 s here."""
+    return {**os.environ, "PYTHONPATH": _torchless_pythonpath()}
 
 
 @contextlib.contextmanager
 def torchless_subprocesses():
     """Processes started in this block (they inherit os.environ) get `torchless_env`."""
     old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = torchless_env()["PYTHONPATH"]
+    os.environ["PYTHONPATH"] = _torchless_pythonpath()
     try:
         yield
     finally:
