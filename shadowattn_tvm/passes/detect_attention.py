@@ -124,6 +124,9 @@ class _Analyzer:
     def _softmax_block(self, root) -> _Plan:
         v2v = self.var2val
         probs = P.value_of(root.args[0], v2v)
+        if P.op_name(probs) == "relax.reshape":
+            raise P.Unsupported("the softmax weights are reshaped before the P·V matmul (as BLOOM's 4-D softmax "
+                                "between 3-D batched matmuls)")
         softmax = P.value_of(probs.args[0], v2v) if P.op_name(probs) == "relax.astype" else probs
         P._check_softmax_axis(softmax)
         chain = P.peel_scores(softmax.args[0], v2v)

@@ -1,9 +1,11 @@
 """Attention patterns (tvm.relax.dpl) and the `_check_*`/peel helpers for what DPL cannot express.
 
 Two frames are recognised:
-- `softmax_attention_pattern`: ``matmul(softmax(S) [astype], V)``. What feeds S (scale, mask,
-  Q·Kᵀ, head split, GQA repeat) varies too much between exporters for one DPL pattern, so
-  `peel_scores` walks it binding by binding and names the first thing it does not understand.
+- `softmax_attention_pattern`: ``matmul(softmax(S) [astype] [reshape], V)``; a reshape (BLOOM's
+  4-D softmax between 3-D batched matmuls) is matched so that the report lists the block, which
+  stays dense. What feeds S (scale, mask, Q·Kᵀ, head split, GQA repeat) varies too much between
+  exporters for one DPL pattern, so `peel_scores` walks it binding by binding and names the first
+  thing it does not understand.
 - `fused_attention_pattern`: ``R.nn.attention`` / ``R.nn.attention_bias`` (BSNH layout).
 
 Nothing is registered on import: the detection pass builds what it uses.
@@ -22,10 +24,11 @@ class Unsupported(Exception):
 
 
 def softmax_attention_pattern():
-    """Return (pattern, named sub-patterns) for matmul(softmax(scores) [astype], values)."""
+    """Return (pattern, named sub-patterns) for matmul(softmax(scores) [astype] [reshape], values)."""
     scores, values = dpl.wildcard(), dpl.wildcard()
     softmax = dpl.is_op("relax.nn.softmax")(scores)
     probs = softmax | dpl.is_op("relax.astype")(softmax)
+    probs = probs | dpl.is_op("relax.reshape")(probs, dpl.wildcard())
     out = dpl.is_op("relax.matmul")(probs, values)
     return out, {"scores": scores, "softmax": softmax, "values": values}
 

@@ -138,6 +138,23 @@ def test_unsupported_blocks_stay_dense_with_a_reason(make, axis, dtype, reason):
     assert reason in report.table()
 
 
+def test_softmax_weights_reshaped_before_pv_are_listed_dense():
+    """BLOOM's form: 3-D batched Q·Kᵀ, a 4-D softmax between reshapes, 3-D P·V."""
+    q, k, v = (relax.Var(n, relax.TensorType((2, 8, 4), "float32")) for n in "qkv")
+    bb = relax.BlockBuilder()
+    with bb.function("main", [q, k, v]):
+        with bb.dataflow():
+            s = bb.emit(relax.op.matmul(q, relax.op.permute_dims(k, [0, 2, 1])))
+            p = bb.emit(relax.op.nn.softmax(relax.op.reshape(s, (1, 2, 8, 8)), axis=-1))
+            out = bb.emit_output(relax.op.matmul(relax.op.reshape(p, (2, 8, 8)), v))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    after = DetectAttention()(mod)
+    (cand,) = attention_report(after).candidates
+    assert tvm_ffi.structural_equal(after.without_attr(REPORT), mod)
+    assert cand.status == "dense" and "reshaped before the P·V matmul" in cand.reason
+
+
 @pytest.mark.parametrize("scale,reason", [(-0.5, "softmax scale -0.5 is not positive"), (-2.0, "is not positive"),
                                           (0.0, "zero value")])
 def test_non_positive_scale_stays_dense_and_equals_dense(scale, reason):
