@@ -11,7 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from .._compat import relax, tvm
+from ..report import AttentionReport
 from ..block import AttentionBlock
+from ..ir_attrs import attention_report
 from ..passes.detect_attention import COMPOSITE_KIND
 
 HOOK_NAME = "shadowattn.attention_hook"
@@ -21,13 +23,16 @@ HOOK_NAME = "shadowattn.attention_hook"
 class AttentionHook:
     """Replace calls of attention composites by a packed call to `HOOK_NAME`.
 
-    `blocks` maps layer index -> `AttentionBlock` of the last module transformed.
+    `blocks` maps layer index -> `AttentionBlock` of the last module transformed, `report` its
+    detection report (why candidates stayed dense).
     """
 
     def __init__(self):
         self.blocks = {}
+        self.report = AttentionReport()
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        self.report = attention_report(mod)
         composites = {gv: mod[gv] for gv, f in mod.functions.items()
                       if f.attrs is not None and "shadowattn.kind" in f.attrs
                       and str(f.attrs["shadowattn.kind"]) == COMPOSITE_KIND}

@@ -65,3 +65,57 @@ def test_uniform_profile_cannot_retarget_per_head():
         from shadowattn_tvm.calibrate import LayerProfile
 
         SparsityProfile(keep=0.2, layers=(LayerProfile((0.2,)),)).retarget(0.1)
+
+
+def _tiny_lm(vocab: int, seq: int, reshaped_weights: bool):
+    """main(input_ids [1, seq], emb, out) -> logits: one 2-head attention block, its softmax 4-D between
+    3-D batched matmuls (BLOOM's form) when `reshaped_weights`."""
+    from tvm import relax
+
+    ids = relax.Var("input_ids", relax.TensorType((1, seq), "int64"))
+    emb = relax.Var("emb", relax.TensorType((vocab, 8), "float32"))
+    out = relax.Var("out", relax.TensorType((8, vocab), "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [ids, emb, out]):
+        with bb.dataflow():
+            x = bb.emit(relax.op.take(emb, relax.op.reshape(ids, (seq,)), axis=0))
+            h = bb.emit(relax.op.permute_dims(relax.op.reshape(x, (seq, 2, 4)), [1, 0, 2]))  # [2, seq, 4]
+            s = bb.emit(relax.op.matmul(h, relax.op.permute_dims(h, [0, 2, 1])))
+            if reshaped_weights:
+                p = bb.emit(relax.op.nn.softmax(relax.op.reshape(s, (1, 2, seq, seq)), axis=-1))
+                p = bb.emit(relax.op.reshape(p, (2, seq, seq)))
+            else:
+                p = bb.emit(relax.op.nn.softmax(s, axis=-1))
+            o = bb.emit(relax.op.reshape(relax.op.permute_dims(relax.op.matmul(p, h), [1, 0, 2]), (seq, 8)))
+            logits = bb.emit_output(relax.op.reshape(relax.op.matmul(o, out), (1, seq, vocab)))
+        bb.emit_func_output(logits)
+    rng = np.random.default_rng(0)
+    return bb.get(), {"emb": rng.standard_normal((vocab, 8)).astype("float32"),
+                      "out": rng.standard_normal((8, vocab)).astype("float32")}
+
+
+def test_a_model_without_rewritable_attention_names_why(tmp_path):
+    from shadowattn_tvm.frontend import RelaxSource
+    from shadowattn_tvm.testing import tiny_models
+
+    mod, params = _tiny_lm(len(tiny_llama.TOKENS), 16, reshaped_weights=True)
+    runner = ModelRunner(RelaxSource(mod, params, tokenizer=tiny_models.write_tokenizer_json(tmp_path)))
+    with pytest.raises(ValueError, match="nothing to calibrate: every attention candidate \\(1\\) stays dense: "
+                                         "the softmax weights are reshaped before the P·V matmul"):
+        calibrate(runner, TEXT, ctx=(16,), progress=False)
+
+
+def test_token_ids_past_the_models_vocabulary_are_refused(tmp_path):
+    from shadowattn_tvm.frontend import RelaxSource
+    from shadowattn_tvm.frontend.source import ModelError
+    from shadowattn_tvm.passes import lowering
+    from shadowattn_tvm.testing import tiny_models
+
+    mod, params = _tiny_lm(40, 16, reshaped_weights=False)  # the tokenizer has 263 tokens
+    runner = ModelRunner(RelaxSource(mod, params, tokenizer=tiny_models.write_tokenizer_json(tmp_path)))
+    with pytest.raises(ModelError, match="token id 2[0-9]{2} is outside the model's vocabulary of 40 tokens"):
+        calibrate(runner, TEXT, ctx=(16,), progress=False)
+    forward = runner.compile(16, lowering())
+    assert forward(np.arange(16) + 24).shape == (16, 40)  # ids inside the table run
+    with pytest.raises(ModelError, match="token id -1 is outside"):
+        forward(np.arange(16) - 1)
