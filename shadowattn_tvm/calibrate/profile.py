@@ -181,18 +181,27 @@ class SparsityProfile:
                 f"{data.get('version') if isinstance(data, dict) else type(data).__name__}): "
                 "re-create it with `shadowattn calibrate`"
             )
+        fix = "re-create it with `shadowattn calibrate`"
+        if not isinstance(data.get("layers"), list):
+            raise ProfileError(f"malformed profile: 'layers' must be a list of layer objects: {fix}")
+        for i, l in enumerate(data["layers"]):
+            if not isinstance(l, dict) or not isinstance(l.get("ratios"), list):
+                raise ProfileError(f"malformed profile: layers[{i}] must be an object with a 'ratios' list (got "
+                                   f"{json.dumps(l)[:40]}): {fix}")
         try:
             layers = tuple(LayerProfile(tuple(l["ratios"]), **{k: l.get(k) for k in _LAYER_FIELDS[1:]})
                            for l in data["layers"])
             return cls(keep=data["keep"], layers=layers, model=data.get("model", ""))
         except (KeyError, TypeError) as err:
-            raise ProfileError(f"malformed profile: missing or wrong field {err}") from err
+            raise ProfileError(f"malformed profile: missing or wrong field {err}: {fix}") from err
 
     def save(self, path) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=1))
 
     @classmethod
     def load(cls, path) -> "SparsityProfile":
+        if Path(path).is_dir():
+            raise ProfileError(f"profile {path} is a directory: pass the profile JSON file")
         try:
             data = json.loads(Path(path).read_text())
         except FileNotFoundError:

@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass
 
 from .. import passes
-from ..calibrate.profile import SparsityProfile
+from ..calibrate.profile import ProfileError, SparsityProfile
 from .hook import AttentionHook, HookContext, hook_pipeline
 from .perplexity import Metrics, windows
 from .variants import BlockSparseVariant, DenseVariant, Int8DenseVariant
@@ -37,6 +37,10 @@ def accuracy_table(runner, text: str, profile: SparsityProfile, ctx: int = 512, 
     hook = AttentionHook()
     hooked = runner.compile(ctx, hook_pipeline(hook))
     blocks = hook.blocks
+    profile.check_layer_count(len(blocks))
+    if not profile.layers or any(l.q_scales is None or l.v_scales is None for l in profile.layers):
+        raise ProfileError("the profile has no calibrated q/k/v scales, which the INT8 row needs: make one with "
+                           "`shadowattn calibrate MODEL -o profile.json`")
     compiled = {
         "dense float": runner.compile(ctx, passes.lowering()),
         f"shadowAttn uniform keep {keep}": runner.compile(

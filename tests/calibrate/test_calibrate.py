@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from shadowattn_tvm.calibrate import ProfileError, SparsityProfile
+from shadowattn_tvm.calibrate.profile import LayerProfile
 from shadowattn_tvm.calibrate.calibrate import calibrate
 from shadowattn_tvm.evaluation.accuracy import accuracy_table, format_table
 from shadowattn_tvm.frontend import GGUFSource, ModelRunner
@@ -119,3 +120,11 @@ def test_token_ids_past_the_models_vocabulary_are_refused(tmp_path):
     assert forward(np.arange(16) + 24).shape == (16, 40)  # ids inside the table run
     with pytest.raises(ModelError, match="token id -1 is outside"):
         forward(np.arange(16) - 1)
+
+
+def test_the_accuracy_table_needs_a_calibrated_profile(runner):
+    with pytest.raises(ProfileError, match="no calibrated q/k/v scales, which the INT8 row needs"):
+        accuracy_table(runner, TEXT, SparsityProfile(keep=0.2), ctx=16, num_windows=1, progress=False)
+    with pytest.raises(ProfileError, match="the profile covers 1 attention layers but the model has 2"):
+        accuracy_table(runner, TEXT, SparsityProfile(keep=0.2, layers=[LayerProfile((0.2,) * 4)]), ctx=16,
+                       num_windows=1, progress=False)

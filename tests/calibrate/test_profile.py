@@ -61,3 +61,10 @@ def test_malformed_files(tmp_path):
     path.write_text(json.dumps({"version": 1, "keep": 0.2, "layers": [{"nope": 1}]}))
     with pytest.raises(ProfileError, match="malformed"):
         SparsityProfile.load(path)
+    for layers, what in (([None], r"layers\[0\] must be an object with a 'ratios' list \(got null\)"),
+                         (["abc"], r"layers\[0\] must be an object"), ("abc", "'layers' must be a list")):
+        path.write_text(json.dumps({"version": 1, "keep": 0.2, "layers": layers}))
+        with pytest.raises(ProfileError, match=f"malformed profile: {what}.*shadowattn calibrate"):
+            SparsityProfile.load(path)
+    with pytest.raises(ProfileError, match="is a directory: pass the profile JSON file"):
+        SparsityProfile.load(tmp_path)
