@@ -74,7 +74,12 @@ def python_docs(max_chars: int = 2_000_000) -> str:
 
 
 def load_text(spec: str) -> str:
-    """A file path, or `austen:<novel>` / `pydocs` for the built-in corpora."""
+    """A file path, or `austen:<novel>` / `pydocs` for the built-in corpora.
+
+    A file must be UTF-8 text (a leading BOM is dropped, CRLF and CR line ends become LF); one with
+    NUL bytes or invalid UTF-8 is a ValueError naming the byte offset, never read as replacement
+    characters.
+    """
     if spec.startswith("austen"):
         return austen(spec.split(":", 1)[1] if ":" in spec else "prideprejudice")
     if spec == "pydocs":
@@ -82,4 +87,16 @@ def load_text(spec: str) -> str:
     path = Path(spec)
     if not path.exists():
         raise FileNotFoundError(f"no text file {spec!r} (or use austen:<novel> / pydocs)")
-    return path.read_text(errors="replace")
+    if path.is_dir():
+        raise ValueError(f"text file {spec} is a directory: pass a text file inside it (or austen:<novel> / pydocs)")
+    data = path.read_bytes()
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise ValueError(f"text file {spec} is binary (a NUL byte at byte {nul}): pass a UTF-8 text file (convert "
+                         f"UTF-16 text with `iconv -f utf-16 -t utf-8`)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"text file {spec} is not UTF-8 ({err.reason} at byte {err.start}): convert it, e.g. "
+                         f"`iconv -f latin1 -t utf-8 {spec} > out.txt`, and pass the result") from None
+    return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")

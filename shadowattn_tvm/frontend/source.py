@@ -253,8 +253,11 @@ def open_model(spec, tokenizer=None) -> ModelSource:
     path = Path(spec_text).expanduser()
     if path.suffix not in EXTENSIONS:
         raise ModelError(f"unknown model {spec_text!r}: pass {', '.join(EMBEDDED)}, a .gguf file or an .onnx file")
+    if path.is_dir():
+        raise ModelError(f"model file {spec_text} is a directory: pass the {path.suffix} file itself, not a directory")
     if not path.is_file():
-        raise ModelError(f"model file {spec_text} does not exist: pass the path of a .gguf or .onnx file, or smollm2")
+        what = "is not a regular file" if path.exists() else "does not exist"
+        raise ModelError(f"model file {spec_text} {what}: pass the path of a .gguf or .onnx file, or smollm2")
     if path.stat().st_size == 0:
         raise ModelError(f"model file {spec_text} is empty: download or export it again")
     if path.suffix == ".gguf":

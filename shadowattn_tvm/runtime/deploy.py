@@ -36,7 +36,7 @@ from ..builder.manifest import DERIVED_WEIGHTS, ManifestError, load as load_mani
 from ..targets.export import elf_machine
 from ..weights import WeightMap, WeightsError
 from ._rpc_server_main import INFO_FUNCTION
-from .rpc_session import Endpoint, RPCUnavailable, check_available, looks_lost, open_session
+from .rpc_session import TRACKER_FIX, Endpoint, RPCUnavailable, check_available, looks_lost, open_session
 from .trace import Track, Tracer
 
 LABELS = {
@@ -267,9 +267,10 @@ def deploy(build_dir: str | Path, endpoint: Endpoint, *, number: int = 1, repeat
     else:
         inputs, expected = timed("reference", lambda: _reference(manifest, model_file))
         work = _prefill_work(timed, entry, number, repeat)
-    timed("check", lambda: check_available(endpoint))
+    fix = f"{TRACKER_FIX} (or its RPC server with --rpc HOST:PORT)" if endpoint.via_tracker else None
+    timed("check", lambda: check_available(endpoint, fix=fix))
     log(f"[deploy] running {entry} on {endpoint.describe()}")
-    session = timed("connect", lambda: open_session(endpoint, wait=wait))
+    session = timed("connect", lambda: open_session(endpoint, wait=wait, fix=fix))
     error = None
     try:
         info, done = _on_device(session, timed, manifest, cpu_module, inputs, work)

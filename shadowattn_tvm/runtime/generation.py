@@ -125,6 +125,11 @@ class Sampler:
             raise GenerationError(f"--temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise GenerationError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.top_p < 1 and self.temperature == 0:
+            raise GenerationError(f"--top-p {self.top_p} has no effect on greedy decoding (temperature 0): pass "
+                                  f"--temperature > 0 to sample, or drop --top-p")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise GenerationError(f"--seed must be a whole number >= 0, got {self.seed!r}")
 
     def rng(self):
         return np.random.default_rng(self.seed)

@@ -22,6 +22,11 @@ class RPCUnavailable(RuntimeError):
 
 
 _LOST_WORDS = ("rpc", "connection", "socket", "broken pipe", "closed", "reset")
+# What to do about an unreachable endpoint, by default (`check_available`/`open_session` take another `fix`).
+TRACKER_FIX = ("start the emulated phone with `shadowattn emulated-phone start`, or pass a real phone's tracker with "
+               "--rpc-tracker HOST:PORT")
+SERVER_FIX = ("start one there with `python -m tvm.exec.rpc_server --host 0.0.0.0 --port PORT`, or pass a running one "
+              "with --rpc HOST:PORT")
 
 
 def looks_lost(message: str) -> bool:
@@ -55,16 +60,21 @@ def parse_address(text: str, what: str = "address") -> tuple[str, int]:
     return host, int(port)
 
 
-def _connect(host: str, port: int, what: str, timeout: float) -> socket.socket:
+def _fix(endpoint: Endpoint, fix: str | None) -> str:
+    return fix if fix is not None else TRACKER_FIX if endpoint.via_tracker else SERVER_FIX
+
+
+def _connect(host: str, port: int, what: str, timeout: float, fix: str = "") -> socket.socket:
     try:
         return socket.create_connection((host, port), timeout=timeout)
     except OSError as err:
         reason = err.strerror or str(err) or type(err).__name__
-        raise RPCUnavailable(f"cannot reach the {what} at {host}:{port} ({reason.lower()})") from None
+        raise RPCUnavailable(f"cannot reach the {what} at {host}:{port} ({reason.lower()})"
+                             + (f": {fix}" if fix else "")) from None
 
 
-def _tracker_socket(host: str, port: int, timeout: float) -> socket.socket:
-    sock = _connect(host, port, "RPC tracker", timeout)
+def _tracker_socket(host: str, port: int, timeout: float, fix: str = "") -> socket.socket:
+    sock = _connect(host, port, "RPC tracker", timeout, fix)
     try:
         sock.sendall(struct.pack("<i", rpc.base.RPC_TRACKER_MAGIC))
         magic = struct.unpack("<i", rpc.base.recvall(sock, 4))[0]
@@ -79,9 +89,11 @@ def _tracker_socket(host: str, port: int, timeout: float) -> socket.socket:
     return sock
 
 
-def tracker_summary(host: str, port: int, timeout: float = 5.0) -> dict:
-    """The tracker's summary: {"server_info": [...], "queue_info": {key: {"free", "pending"}}}."""
-    with _tracker_socket(host, port, timeout) as sock:
+def tracker_summary(host: str, port: int, timeout: float = 5.0, fix: str = "") -> dict:
+    """The tracker's summary: {"server_info": [...], "queue_info": {key: {"free", "pending"}}}.
+
+    fix: appended to the message when the tracker cannot be reached."""
+    with _tracker_socket(host, port, timeout, fix) as sock:
         rpc.base.sendjson(sock, [_TRACKER.SUMMARY])
         code, value = rpc.base.recvjson(sock)
     if code != _TRACKER.SUCCESS:
@@ -98,10 +110,10 @@ def registered_keys(summary: dict) -> dict[str, int]:
     return counts
 
 
-def _wait_for_free(endpoint: Endpoint, wait: float) -> None:
+def _wait_for_free(endpoint: Endpoint, wait: float, fix: str) -> None:
     deadline = time.monotonic() + wait
     while True:
-        summary = tracker_summary(endpoint.host, endpoint.port)
+        summary = tracker_summary(endpoint.host, endpoint.port, fix=fix)
         servers = registered_keys(summary).get(endpoint.key, 0)
         free = summary.get("queue_info", {}).get(endpoint.key, {}).get("free", 0)
         if free > 0:
@@ -116,12 +128,16 @@ def _wait_for_free(endpoint: Endpoint, wait: float) -> None:
         time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
 
-def check_available(endpoint: Endpoint) -> None:
-    """Fail fast (RPCUnavailable) if the endpoint is unreachable or no server has the key; no waiting."""
+def check_available(endpoint: Endpoint, *, fix: str | None = None) -> None:
+    """Fail fast (RPCUnavailable) if the endpoint is unreachable or no server has the key; no waiting.
+
+    fix: what an unreachable endpoint's message tells the user to do (default `TRACKER_FIX` or
+    `SERVER_FIX`; "" for none)."""
+    fix = _fix(endpoint, fix)
     if not endpoint.via_tracker:
-        _connect(endpoint.host, endpoint.port, "RPC server", timeout=5.0).close()
+        _connect(endpoint.host, endpoint.port, "RPC server", 5.0, fix).close()
         return
-    keys = registered_keys(tracker_summary(endpoint.host, endpoint.port))
+    keys = registered_keys(tracker_summary(endpoint.host, endpoint.port, fix=fix))
     if endpoint.key not in keys:
         raise RPCUnavailable(f"no device with key {endpoint.key!r} is registered at tracker {endpoint.host}:"
                              f"{endpoint.port} (registered keys: {', '.join(sorted(keys)) or 'none'})")
@@ -135,13 +151,16 @@ def _server_session(host: str, port: int, matchkey: str, session_timeout: float)
         raise RPCUnavailable(f"could not open a session with rpc server {host}:{port}: {first}") from None
 
 
-def open_session(endpoint: Endpoint, *, wait: float = 60.0, session_timeout: float = 0.0):
-    """An `RPCSession` on a device of `endpoint`; RPCUnavailable (one line) when there is none."""
+def open_session(endpoint: Endpoint, *, wait: float = 60.0, session_timeout: float = 0.0, fix: str | None = None):
+    """An `RPCSession` on a device of `endpoint`; RPCUnavailable (one line) when there is none.
+
+    fix: as for `check_available`."""
+    fix = _fix(endpoint, fix)
     if not endpoint.via_tracker:
-        _connect(endpoint.host, endpoint.port, "RPC server", timeout=5.0).close()
+        _connect(endpoint.host, endpoint.port, "RPC server", 5.0, fix).close()
         return _server_session(endpoint.host, endpoint.port, "", session_timeout)
-    _wait_for_free(endpoint, wait)
-    with _tracker_socket(endpoint.host, endpoint.port, timeout=max(wait, 5.0)) as sock:
+    _wait_for_free(endpoint, wait, fix)
+    with _tracker_socket(endpoint.host, endpoint.port, max(wait, 5.0), fix) as sock:
         try:
             rpc.base.sendjson(sock, [_TRACKER.REQUEST, endpoint.key, "", 1])
             code, value = rpc.base.recvjson(sock)

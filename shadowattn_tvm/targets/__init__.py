@@ -39,6 +39,8 @@ def get(device: "str | os.PathLike | DeviceProfile") -> DeviceProfile:
         return _builtin(text)
     path = Path(text).expanduser()
     if text.endswith(".json") or os.sep in text or path.exists():
+        if path.is_dir():
+            raise DeviceProfileError(f"device profile file {path} is a directory: pass the profile JSON file itself")
         if not path.is_file():
             raise DeviceProfileError(f"device profile file {path} does not exist")
         return load_file(path)

@@ -35,6 +35,10 @@ _REQUIRED = ("name", "cpu")
 # Which TVM target kinds may fill each processor slot of a profile.
 _SLOT_KINDS = {"cpu": {"llvm"}, "gpu": {"opencl", "vulkan"}, "npu": {"hexagon"}}
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+# Integer target options a profile may set: (least, greatest) allowed; every other one must be >= 1.
+_INT_RANGE = {"opt-level": (0, 3), "vtcm-capacity": (0, None), "supported_subgroup_operations": (0, None),
+              "driver_version": (0, None), "vulkan_api_version": (0, None), "max_spirv_version": (0, None)}
+_INT_UNCHECKED = {"from_device", "target_device_type"}  # TVM's own bookkeeping
 
 
 @dataclass(frozen=True)
@@ -102,11 +106,25 @@ def _target(entry: Any, slot: str, source: str, cpu=None):
             target = tvm.target.Target(entry, host=host) if host is not None else tvm.target.Target(entry)
     except (ValueError, TypeError, RuntimeError) as err:
         raise _fail(source, slot, str(err).strip().splitlines()[0]) from None
+    _check_ints(entry, target.kind.name, slot, source)
     kinds = _SLOT_KINDS.get(slot.split(".")[0], None)
     if kinds is not None and "." not in slot and target.kind.name not in kinds:
         raise _fail(source, slot, f"target kind {target.kind.name!r} cannot be the {slot}; expected {sorted(kinds)}")
     _check_mcpu(target, slot, source)
     return target
+
+
+def _check_ints(entry: dict, kind: str, slot: str, source: str) -> None:
+    """TVM takes any int (and true/false) for an int option: refuse counts and sizes below their range."""
+    types = tvm.target.TargetKind.options_from_name(kind)
+    for key, value in entry.items():
+        if types.get(key) != "int" or key in _INT_UNCHECKED:
+            continue
+        least, most = _INT_RANGE.get(key, (1, None))
+        if isinstance(value, bool) or value < least or (most is not None and value > most):
+            allowed = f"{least}..{most}" if most is not None else f">= {least}"
+            auto = ' (or "auto" for this machine\'s count)' if key == "num-cores" else ""
+            raise _fail(source, slot, f"{key!r} must be a whole number {allowed}{auto}, got {json.dumps(value)}")
 
 
 def _check_mcpu(target, slot: str, source: str) -> None:

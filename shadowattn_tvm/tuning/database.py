@@ -32,6 +32,9 @@ class TuningDatabase:
 
     def __init__(self, work_dir: str | Path, *, fix: str = "re-run `shadowattn tune`"):
         self.work_dir = Path(work_dir)
+        if self.work_dir.exists() and not self.work_dir.is_dir():
+            raise TuneLogsError(f"tuning logs {self.work_dir} is a file, not a directory: pass the directory "
+                                f"`shadowattn tune` wrote (tune_logs/<device>, or its -o DIR)")
         if not self.work_dir.is_dir():
             raise TuneLogsError(f"tuning logs {self.work_dir} do not exist: {fix} to create them")
         missing = [name for name in (WORKLOADS, RECORDS) if not (self.work_dir / name).is_file()]

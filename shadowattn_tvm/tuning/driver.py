@@ -153,7 +153,7 @@ class _Watch:
         if not any(looks_lost(r.error_msg) for r in runner_results if r.error_msg):
             return
         try:
-            check_available(self.endpoint)
+            check_available(self.endpoint, fix="")  # the message ends "re-run the same command to resume"
         except RPCUnavailable as err:
             self.lost = str(err)
             raise

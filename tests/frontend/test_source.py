@@ -1,6 +1,8 @@
 """`frontend.source`: one model interface (GGUF, ONNX, any Relax module), its weight maps and errors."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import tvm
@@ -21,6 +23,9 @@ def test_open_model_names_the_choices(tmp_path):
         open_model(tmp_path / "model.bin")
     with pytest.raises(ModelError, match="does not exist"):
         open_model(tmp_path / "missing.onnx")
+    (tmp_path / "dir.gguf").mkdir()
+    with pytest.raises(ModelError, match=r"^model file \S+dir\.gguf is a directory: pass the \.gguf file itself"):
+        open_model(tmp_path / "dir.gguf")
     (tmp_path / "empty.gguf").write_bytes(b"")
     with pytest.raises(ModelError, match="is empty"):
         open_model(tmp_path / "empty.gguf")
@@ -29,6 +34,19 @@ def test_open_model_names_the_choices(tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"\x00junk" * 50)
     with pytest.raises(ModelError, match="not a readable ONNX model"):
         open_model(tmp_path / "junk.onnx").export(8)
+
+
+def test_a_tokenizer_directory_is_named_with_the_file_to_pass(tmp_path):
+    from shadowattn_tvm.tokenizer import from_file
+
+    with pytest.raises(TokenizerError, match=r"^tokenizer file \S+ is a directory: pass the tokenizer\.json or \.gguf "
+                                             r"file inside it$"):
+        from_file(tmp_path)
+    inside = tiny_models.write_tokenizer_json(tmp_path)
+    with pytest.raises(TokenizerError, match=rf"^tokenizer file \S+ is a directory: pass {re.escape(str(inside))}$"):
+        from_file(inside.parent)
+    with pytest.raises(TokenizerError, match="does not exist: pass a tokenizer.json or a .gguf file"):
+        from_file(tmp_path / "missing.json")
 
 
 def test_gguf_weights_reload_from_the_map_and_the_file_is_checked(tmp_path):

@@ -86,6 +86,10 @@ def test_record_without_baseline_is_used(tmp_path):
 def test_unusable_logs_name_the_fix(tmp_path):
     with pytest.raises(TuneLogsError, match="do not exist.*shadowattn tune"):
         TuningDatabase(tmp_path / "nowhere")
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(TuneLogsError, match=r"^tuning logs \S+afile is a file, not a directory: pass the directory "
+                                            r"`shadowattn tune` wrote"):
+        TuningDatabase(tmp_path / "afile")
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(TuneLogsError, match="lack database_workload.json, database_tuning_record.json"):

@@ -41,7 +41,10 @@ def test_deploy_direct_to_a_stock_server(host_build):
 
 def test_unreachable_tracker(host_build):
     port = free_port()
-    with pytest.raises(RPCUnavailable, match=rf"^cannot reach the RPC tracker at 127.0.0.1:{port} \(connection refused\)$"):
+    with pytest.raises(RPCUnavailable, match=rf"^cannot reach the RPC tracker at 127.0.0.1:{port} \(connection refused\): "
+                                             rf"start the emulated phone with `shadowattn emulated-phone start`, or pass "
+                                             rf"a real phone's tracker with --rpc-tracker HOST:PORT \(or its RPC server "
+                                             rf"with --rpc HOST:PORT\)$"):
         deploy(host_build, Endpoint("127.0.0.1", port, "any"), **quiet)
 
 
@@ -142,7 +145,8 @@ def _kill_tracker_at(state, when):
 
 def test_tracker_dying_before_connect(doomed_host_phone, host_build):
     # refused, or reset when the kill lands mid-handshake: one line naming the tracker either way
-    with pytest.raises(RPCUnavailable, match=r"^(cannot reach the RPC tracker at 127\.0\.0\.1:\d+ \(connection refused\)|"
+    with pytest.raises(RPCUnavailable, match=r"^(cannot reach the RPC tracker at 127\.0\.0\.1:\d+ \(connection refused\): "
+                                             r"start the emulated phone .* --rpc HOST:PORT\)|"
                                              r"the RPC tracker at 127\.0\.0\.1:\d+ dropped the connection \(.*\): check "
                                              r"that it is still running and is a TVM RPC tracker)$"):
         deploy(host_build, _tracker(doomed_host_phone), on_phase=_kill_tracker_at(doomed_host_phone, "connect"),

@@ -10,7 +10,9 @@ def test_unreachable_tracker_is_one_line_and_nonzero(host_build, capsys):
     port = free_port()
     assert main(["deploy", str(host_build), "--rpc-tracker", f"127.0.0.1:{port}"]) == EXIT_UNAVAILABLE
     err = capsys.readouterr().err.strip()
-    assert err == f"shadowattn deploy: error: cannot reach the RPC tracker at 127.0.0.1:{port} (connection refused)"
+    assert err == (f"shadowattn deploy: error: cannot reach the RPC tracker at 127.0.0.1:{port} (connection refused): "
+                   f"start the emulated phone with `shadowattn emulated-phone start`, or pass a real phone's tracker "
+                   f"with --rpc-tracker HOST:PORT (or its RPC server with --rpc HOST:PORT)")
 
 
 @pytest.mark.slow

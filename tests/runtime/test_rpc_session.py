@@ -3,7 +3,8 @@ import socket
 import pytest
 
 from shadowattn_tvm.emulators.phone import free_port
-from shadowattn_tvm.runtime.rpc_session import Endpoint, RPCUnavailable, check_available, open_session, parse_address
+from shadowattn_tvm.runtime.rpc_session import (SERVER_FIX, TRACKER_FIX, Endpoint, RPCUnavailable, check_available,
+                                                open_session, parse_address)
 
 
 @pytest.mark.parametrize("text,expected", [("127.0.0.1:9190", ("127.0.0.1", 9190)), ("phone.lan:1", ("phone.lan", 1))])
@@ -18,12 +19,19 @@ def test_parse_address_rejects(text):
 
 
 @pytest.mark.parametrize("key,what", [("phone", "RPC tracker"), (None, "RPC server")])
-def test_closed_port_fails_fast_with_one_line(key, what):
+def test_closed_port_fails_fast_with_one_line_and_the_fix(key, what):
     port = free_port()  # nothing listens there
-    for call in (lambda e: check_available(e), lambda e: open_session(e, wait=1)):
+    fix = TRACKER_FIX if key else SERVER_FIX
+    for call in (lambda e, **kw: check_available(e, **kw), lambda e, **kw: open_session(e, wait=1, **kw)):
         with pytest.raises(RPCUnavailable) as info:
             call(Endpoint("127.0.0.1", port, key))
+        assert str(info.value) == f"cannot reach the {what} at 127.0.0.1:{port} (connection refused): {fix}"
+        with pytest.raises(RPCUnavailable) as info:
+            call(Endpoint("127.0.0.1", port, key), fix="")
         assert str(info.value) == f"cannot reach the {what} at 127.0.0.1:{port} (connection refused)"
+    assert TRACKER_FIX == ("start the emulated phone with `shadowattn emulated-phone start`, or pass a real phone's "
+                           "tracker with --rpc-tracker HOST:PORT")
+    assert SERVER_FIX.endswith("or pass a running one with --rpc HOST:PORT")
 
 
 def test_something_that_is_not_a_tracker():

@@ -78,6 +78,18 @@ def test_user_profile_file(tmp_path):
     ({**GOOD, "gpu": {"kind": "llvm"}}, r"gpu: target kind 'llvm' cannot be the gpu"),
     ({**GOOD, "cross_compiler": None}, r"cross_compiler: the cpu target is for aarch64-linux-gnu"),
     ({**GOOD, "gpu": {"tag": "qcom/adreno-opencl", "kind": "opencl"}}, r"exactly one of 'kind'"),
+    ({**GOOD, "cpu": {**GOOD["cpu"], "num-cores": 0}},
+     r"cpu: 'num-cores' must be a whole number >= 1 \(or \"auto\" for this machine's count\), got 0$"),
+    ({**GOOD, "cpu": {**GOOD["cpu"], "num-cores": -4}}, r"cpu: 'num-cores' must be a whole number >= 1 .*got -4$"),
+    ({**GOOD, "cpu": {**GOOD["cpu"], "num-cores": True}}, r"cpu: 'num-cores' must be a whole number >= 1 .*got true$"),
+    ({**GOOD, "cpu": {**GOOD["cpu"], "opt-level": 4}}, r"cpu: 'opt-level' must be a whole number 0\.\.3, got 4$"),
+    ({**GOOD, "npu": {"tag": "qcom/hexagon-v75", "num-cores": 0}}, r"npu: 'num-cores' must be a whole number >= 1"),
+    ({**GOOD, "npu": {"tag": "qcom/hexagon-v75", "vtcm-capacity": -1}},
+     r"npu: 'vtcm-capacity' must be a whole number >= 0, got -1$"),
+    ({**GOOD, "gpu": {"tag": "qcom/adreno-opencl", "host": "cpu", "max_num_threads": 0}},
+     r"gpu: 'max_num_threads' must be a whole number >= 1, got 0$"),
+    ({**GOOD, "gpu": {"kind": "opencl", "host": {"kind": "llvm", "num-cores": -1}}},
+     r"gpu\.host: 'num-cores' must be a whole number >= 1"),
 ])
 def test_bad_profile_files_say_what_and_where(tmp_path, data, message):
     path = _write(tmp_path, data)
@@ -89,3 +101,6 @@ def test_bad_profile_files_say_what_and_where(tmp_path, data, message):
 def test_missing_profile_file(tmp_path):
     with pytest.raises(DeviceProfileError, match="does not exist"):
         targets.get(str(tmp_path / "nope.json"))
+    (tmp_path / "dir.json").mkdir()
+    with pytest.raises(DeviceProfileError, match=r"dir\.json is a directory: pass the profile JSON file itself$"):
+        targets.get(str(tmp_path / "dir.json"))
