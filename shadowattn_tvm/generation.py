@@ -25,6 +25,7 @@ from .builder.options import BuildOptions, compile_model
 from .frontend.source import GGUFSource, ModelSource, open_model
 from .runtime.generation import Generation, GenerationError, GenerationSpec, Sampler, Session, generate, prompt_ids
 from .settings import cache_dir
+from .tokenizer import check_token_ids
 
 DEFAULT_CHUNK = 256
 DEFAULT_CAPACITY = 2048
@@ -161,6 +162,7 @@ class Generator:
                  on_text=None) -> Generation:
         """Generate from `prompt`; `on_text(piece)` receives the decoded text as it grows."""
         ids = prompt_ids(self.tokenizer, prompt, chat)
+        check_token_ids(ids, self.source.config.vocab)
         shown, tokens = "", []
 
         def on_token(token):

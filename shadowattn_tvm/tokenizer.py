@@ -14,6 +14,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 # Pre-tokenizer split patterns of the byte-level BPE vocabularies llama.cpp names in tokenizer.ggml.pre
 _LETTERS = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|"
 _REST = r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -25,6 +27,16 @@ _SPLITS = {
 
 class TokenizerError(ValueError):
     pass
+
+
+def check_token_ids(ids, vocab: int) -> None:
+    """Token ids must index the model's `vocab`-row embedding: its gather does not check them, so an id
+    from another model's tokenizer would read past the table."""
+    ids = np.asarray(ids)
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab):
+        bad = int(ids.max() if ids.max() >= vocab else ids.min())
+        raise TokenizerError(f"token id {bad} is outside the model's vocabulary of {vocab} tokens: the tokenizer "
+                             "does not belong to this model (pass the model's own with --tokenizer, or none)")
 
 
 @dataclass
@@ -120,8 +132,13 @@ def _token_text(value) -> str | None:
 def from_file(path) -> TextTokenizer:
     """A ``tokenizer.json`` (with ``tokenizer_config.json`` beside it, if any) or a GGUF's tokenizer."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        inside = path / "tokenizer.json"
+        fix = f"pass {inside}" if inside.is_file() else "pass the tokenizer.json or .gguf file inside it"
+        raise TokenizerError(f"tokenizer file {path} is a directory: {fix}")
     if not path.is_file():
-        raise TokenizerError(f"tokenizer file {path} does not exist: pass a tokenizer.json or a .gguf file")
+        what = "is not a regular file" if path.exists() else "does not exist"
+        raise TokenizerError(f"tokenizer file {path} {what}: pass a tokenizer.json or a .gguf file")
     if path.suffix == ".gguf":
         from .frontend.gguf_file import read_metadata
 

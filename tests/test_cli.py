@@ -35,7 +35,8 @@ def test_default_demo_runs_smollm2(capsys):
 
 @pytest.mark.parametrize("argv,message", [(["demo", "--keep", "1.5"], "outside"), (["demo", "--tokens", "0"], "--tokens"),
                                           (["demo", "--trace", "t.json"], "demo block --trace"),
-                                          (["demo", "x.gguf"], "--profile is required"),
+                                          (["demo", "x.gguf"], "x.gguf does not exist"),
+                                          (["demo", "block", "--profile", "p.json"], "--profile and --tokenizer go with a model"),
                                           (["demo", "block", "--trace", "/no/such/dir/t.json"], "does not exist"),
                                           (["demo", "block", "--report", "/no/such/dir/r.json"], "does not exist"),
                                           (["demo", "block", "--trace", "."], "is a directory"),
@@ -44,6 +45,15 @@ def test_default_demo_runs_smollm2(capsys):
 def test_demo_rejects_bad_arguments(argv, message):
     with pytest.raises((SystemExit, ValueError), match=message):
         main(argv)
+
+
+def test_a_model_file_without_a_profile_is_asked_for_one(tmp_path):
+    from shadowattn_tvm.testing import tiny_llama
+
+    model = str(tiny_llama.tiny_gguf_path(tmp_path))
+    for argv in (["demo", model], ["eval", model]):
+        with pytest.raises(SystemExit, match="--profile is required"):
+            main(argv)
 
 
 def _falcon_gguf(path):
@@ -78,6 +88,10 @@ def _bad_inputs(tmp):
     junk.write_bytes(b"not a gguf file at all" * 10)
     out = ["-o", str(tmp / "p.json")]
     build = ["-o", str(tmp / "build"), "--device", "host"]
+    text, inside = tmp / "text.txt", tmp / "b" / "m.gguf"
+    text.write_text("some text")
+    inside.parent.mkdir()
+    inside.write_bytes(b"x")
     return [  # (argv, the one line it must print); every case fails before any model is loaded
         (["eval", "smollm2", "--ctx", "0"], r"shadowattn eval: error: --ctx must be >= 1 \(got 0\)"),
         (["eval", "smollm2", "--ctx", "512", "-4"], r"--ctx must be >= 1 \(got -4\)"),
@@ -106,13 +120,25 @@ def _bad_inputs(tmp):
         (["tune", str(tmp / "missing.gguf"), "--device", "host"], "missing.gguf does not exist"),
         (["eval", _unbound_onnx(tmp / "notok.onnx"), "--profile", str(tmp / "p.json")],
          "notok.onnx carries no tokenizer: pass --tokenizer"),
+        # outputs: never an input file, writable before the work
+        (["calibrate", str(junk), "-o", str(junk)], "junk.gguf is one of this command's input files"),
+        (["eval", "smollm2", "--text", str(text), "--json", str(text)], "text.txt is one of this command's input"),
+        (["calibrate", "smollm2", "-o", "/proc/p.json"], r"cannot write in /proc \(.*\): pass another path"),
+        (["compile", str(inside), "-o", str(inside.parent), "--device", "host"],
+         r"-o .*/b contains the input .*m.gguf, which replacing the directory would delete"),
+        (["compile", "default", "-o", str(text), "--device", "host"], "text.txt is a file: pass a directory path"),
+        (["tune", "default", "--device", "host", "-o", str(text)], "text.txt is a file: pass a directory path"),
+        (["deploy", str(tmp / "build"), "--atol", "inf"], r"--atol must be a finite number >= 0 \(got inf\)"),
+        (["deploy", str(tmp / "build"), "--rtol", "-1"], r"--rtol must be a finite number >= 0"),
+        (["deploy", str(tmp / "build"), "--chat"], "--prompt and --chat go with --generate"),
+        (["deploy", str(tmp / "build"), "--json", str(tmp / "build" / "no" / "r.json")], "does not exist"),
     ]
 
 
-@pytest.mark.parametrize("case", range(24))
+@pytest.mark.parametrize("case", range(34))
 def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path, capsys, case):
     cases = _bad_inputs(tmp_path)
-    assert len(cases) == 24
+    assert len(cases) == 34
     argv, message = cases[case]
     with pytest.raises(SystemExit) as info:
         main(argv)
@@ -122,12 +148,14 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path, capsys, case):
     assert text.startswith(f"shadowattn {argv[0]}: error: ")
 
 
-def test_debug_shows_the_real_exception(tmp_path):
+@pytest.mark.parametrize("command", [["eval", "--profile", "p.json"], ["compile", "--device", "host", "-o", "b"],
+                                     ["generate", "--prompt", "hi"]])
+def test_debug_shows_the_real_exception(tmp_path, command):
     junk = tmp_path / "junk.gguf"
     junk.write_bytes(b"x" * 100)
     with pytest.raises(Exception) as info:
-        main(["--debug", "eval", str(junk), "--profile", str(tmp_path / "p.json")])
-    assert not isinstance(info.value, SystemExit)
+        main(["--debug", command[0], str(junk), *command[1:]])
+    assert not isinstance(info.value, SystemExit) and "not a readable GGUF file" in str(info.value)
 
 
 @pytest.mark.parametrize("argv,env,message", [

@@ -84,6 +84,18 @@ def test_prompt_limits_are_errors(generators):
         Sampler(temperature=1.0, top_p=0)
 
 
+@pytest.mark.parametrize("kw,message", [
+    (dict(temperature=1.0, seed=-1), r"^--seed must be a whole number >= 0, got -1$"),
+    (dict(temperature=1.0, seed=1.5), r"^--seed must be a whole number >= 0, got 1\.5$"),
+    (dict(top_p=0.5), r"^--top-p 0\.5 has no effect on greedy decoding \(temperature 0\): pass --temperature > 0 "
+                      r"to sample, or drop --top-p$"),
+])
+def test_sampler_settings_are_checked(kw, message):
+    with pytest.raises(GenerationError, match=message):
+        Sampler(**kw)
+    Sampler(temperature=1.0, top_p=0.5, seed=2**70)  # any seed >= 0 numpy takes
+
+
 def test_chat_template(tmp_path):
     from shadowattn_tvm.testing import tiny_models
     from shadowattn_tvm.tokenizer import from_file
@@ -165,3 +177,31 @@ def test_sparse_decode_keeps_the_int8_cache_and_equals_dense_at_keep_one(tiny):
     assert len(generate(sparse.session(), ids, 10).tokens) == 10
     with pytest.raises(GenerationError, match="needs a calibrated profile"):
         Generator.open(source, sparse_decode_from=1, **common)
+
+
+def _foreign_tokenizer(path):
+    """A tokenizer.json whose ids run past the tiny model's 263-token vocabulary."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel(vocab={"[UNK]": 0, "hello": 500}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(path))
+    return str(path)
+
+
+def test_generate_cli_checks_tokens_and_capacity_before_compiling(tiny, tmp_path):
+    cases = [(["--tokenizer", _foreign_tokenizer(tmp_path / "tokenizer.json")],
+              "token id 500 is outside the model's vocabulary of"),
+             (["--capacity", "100000"], "--capacity 100000 exceeds tiny-llama.gguf's context length")]
+    for extra, message in cases:
+        with pytest.raises(SystemExit, match=message):
+            main(["generate", str(tiny[0]), "--prompt", "hello", *extra])
+
+
+@pytest.mark.parametrize("prompt,message", [("", "the prompt is empty"),
+                                            ("the cat " * 20, "the reference prompt has .* tokens but the build "
+                                                              "prefills 8: shorten --prompt or raise --tokens")])
+def test_a_generation_build_keeps_the_users_prompt_or_refuses_it(tiny, tmp_path, prompt, message):
+    with pytest.raises(SystemExit, match=message):
+        main(["compile", str(tiny[0]), "--device", "host", "--generate", "--tokens", "8", "--prompt", prompt,
+              "-o", str(tmp_path / "b")])

@@ -116,12 +116,19 @@ REFERENCE_PROMPT = "The capital of France is"
 
 
 def _generation_build(source, tokens: int, capacity: int, prompt: str | None) -> ModelBuild:
+    from ..frontend.source import ModelError
     from ..generation import generation_ir, generation_spec, prompt_ids, decoder_source
+    from ..tokenizer import check_token_ids
 
     source = decoder_source(source)
+    ids = prompt_ids(source.tokenizer, REFERENCE_PROMPT if prompt is None else prompt)
+    if prompt is not None and len(ids) > tokens:  # our own prompt is cut to the length, a user's is not
+        raise ModelError(f"the reference prompt has {len(ids)} tokens but the build prefills {tokens}: shorten "
+                         "--prompt or raise --tokens")
+    ids = ids[:tokens]
+    check_token_ids(ids, source.config.vocab)
     spec = generation_spec(source, tokens, capacity, 1)
     mod, names = generation_ir(source, spec)
-    ids = prompt_ids(source.tokenizer, prompt or REFERENCE_PROMPT)[:tokens]
     inputs, outputs = signature(mod, "prefill_c0")
     weight_map = source.weight_map
     return ModelBuild(

@@ -29,7 +29,7 @@ def run(args) -> int:
     check_keep(args.keep)
     positive("--ctx", *args.ctx)
     positive("--windows", args.windows)
-    writable_file("-o", args.output)
+    writable_file("-o", args.output, args.model, args.text, args.tokenizer)
     runner = runner_for(args.model, args.tokenizer)
     text = load_text(args.text)
     runner.tokenizer  # noqa: B018 - fail on a missing tokenizer before compiling anything

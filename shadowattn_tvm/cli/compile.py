@@ -42,32 +42,30 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..builder import BuildDirError, compile_to_dir
+    from ..builder import compile_to_dir
     from ..builder.options import default_tune_logs
-    from ..calibrate.profile import SHIPPED_PROFILE, ProfileError, SparsityProfile
-    from ..emulators.toolchain import ToolchainError
+    from ..calibrate.profile import SHIPPED_PROFILE, SparsityProfile
     from ..targets import get as get_device
+    from ._checks import writable_dir
 
-    try:
-        if (args.capacity is not None or args.prompt is not None) and not args.generate:
-            raise ValueError("--capacity and --prompt describe a generation build: add --generate")
-        capacity = None
-        k_min = args.k_min if args.k_min is not None else (64 if args.generate else 16)
-        if args.generate:
-            capacity = args.capacity if args.capacity is not None else args.tokens + 64
-            if capacity <= args.tokens:
-                raise ValueError(f"--capacity {capacity} leaves no room to generate after {args.tokens} prompt tokens")
-        profile = SparsityProfile.load(args.profile) if args.profile else None
-        if profile is None and args.model == "smollm2":
-            profile = SparsityProfile.load(SHIPPED_PROFILE).retarget(args.keep)
-        tune_logs = args.tune_logs
-        if tune_logs is None and not args.no_tune_logs:
-            tune_logs = default_tune_logs(get_device(args.device).name)
-        result = compile_to_dir(args.device, args.output, model=args.model, tokens=args.tokens, keep=args.keep,
-                                k_min=k_min, profile=profile, tune_logs=tune_logs, capacity=capacity,
-                                prompt=args.prompt, selection=args.selection,
-                                log=(lambda _msg: None) if args.quiet else print)
-    except (ValueError, ProfileError, BuildDirError, ToolchainError, OSError) as err:
-        raise SystemExit(f"shadowattn compile: error: {err}") from None
+    writable_dir("-o", args.output, args.model, args.profile, args.tune_logs)
+    if (args.capacity is not None or args.prompt is not None) and not args.generate:
+        raise ValueError("--capacity and --prompt describe a generation build: add --generate")
+    capacity = None
+    k_min = args.k_min if args.k_min is not None else (64 if args.generate else 16)
+    if args.generate:
+        capacity = args.capacity if args.capacity is not None else args.tokens + 64
+        if capacity <= args.tokens:
+            raise ValueError(f"--capacity {capacity} leaves no room to generate after {args.tokens} prompt tokens")
+    profile = SparsityProfile.load(args.profile) if args.profile else None
+    if profile is None and args.model == "smollm2":
+        profile = SparsityProfile.load(SHIPPED_PROFILE).retarget(args.keep)
+    tune_logs = args.tune_logs
+    if tune_logs is None and not args.no_tune_logs:
+        tune_logs = default_tune_logs(get_device(args.device).name)
+    result = compile_to_dir(args.device, args.output, model=args.model, tokens=args.tokens, keep=args.keep,
+                            k_min=k_min, profile=profile, tune_logs=tune_logs, capacity=capacity,
+                            prompt=args.prompt, selection=args.selection,
+                            log=(lambda _msg: None) if args.quiet else print)
     print(result.summary())
     return 0

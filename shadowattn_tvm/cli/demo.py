@@ -36,20 +36,26 @@ def run(args) -> int:
     check_keep(args.keep)
     positive("--k-min", args.k_min)
     positive("--repeat", args.repeat)
-    writable_file("--trace", args.trace)
-    writable_file("--report", args.report)
+    inputs = (args.model, args.profile, args.tokenizer)
+    writable_file("--trace", args.trace, *inputs)
+    writable_file("--report", args.report, *inputs)
     if not block and args.trace:
         raise SystemExit("--trace runs the two-lane pipeline on the attention block: "
                          "use `shadowattn demo block --trace FILE`")
+    if block and (args.profile or args.tokenizer):
+        raise SystemExit("--profile and --tokenizer go with a model: `shadowattn demo block` runs the attention "
+                         "block at --keep")
     if block:
         from ..demo import run_demo
 
         result = run_demo(tokens=tokens, keep=args.keep, k_min=args.k_min, repeat=args.repeat)
     else:
         from ..calibrate.profile import SparsityProfile
+        from ..frontend.source import open_model
         from ..model_demo import run_model_demo
 
         if args.profile is None and args.model != "smollm2":
+            open_model(args.model, args.tokenizer)  # an unknown or missing model is named first
             raise SystemExit("--profile is required for models other than smollm2: run `shadowattn calibrate` first")
         profile = SparsityProfile.load(args.profile) if args.profile else None
         result = run_model_demo(args.model, tokens=tokens, keep=args.keep, repeat=args.repeat, profile=profile,

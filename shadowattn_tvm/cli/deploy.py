@@ -59,8 +59,8 @@ def _endpoint(args, manifest):
 
 def _request(args):
     if not args.generate:
-        if args.prompt is not None:
-            raise SystemExit("shadowattn deploy: error: --prompt goes with --generate")
+        if args.prompt is not None or args.chat:
+            raise SystemExit("shadowattn deploy: error: --prompt and --chat go with --generate")
         return None
     if not args.prompt:
         raise SystemExit("shadowattn deploy: error: --generate needs --prompt TEXT")
@@ -81,13 +81,20 @@ def run(args) -> int:
     from ..runtime.deploy import DeployError, Tolerance, deploy
     from ..runtime.rpc_session import RPCUnavailable
 
+    from ._checks import non_negative, writable_file
+
     if args.repeat < 1 or args.number < 1:
         raise SystemExit("shadowattn deploy: error: --repeat and --number must be >= 1")
+    non_negative("--atol", args.atol)
+    non_negative("--rtol", args.rtol)
+    writable_file("--json", args.json, args.build, args.model)
+    writable_file("--trace", args.trace, args.build, args.model)
+    request = _request(args)
     try:
         endpoint = _endpoint(args, load_manifest(args.build))
         result = deploy(args.build, endpoint, number=args.number, repeat=args.repeat, wait=args.wait,
                         tolerance=Tolerance(atol=args.atol, rtol=args.rtol), trace=args.trace,
-                        model_file=args.model, generate=_request(args))
+                        model_file=args.model, generate=request)
     except (ManifestError, ValueError) as err:
         raise SystemExit(f"shadowattn deploy: error: {err}") from None
     except RPCUnavailable as err:

@@ -28,13 +28,15 @@ def run(args) -> int:
     from ..evaluation.accuracy import accuracy_table, format_table
     from ..evaluation.corpus import load_text
     from ..frontend.model import runner_for
+    from ..frontend.source import open_model
     from ._checks import positive, writable_file
 
     check_keep(args.keep)
     positive("--ctx", *args.ctx)
     positive("--windows", args.windows)
-    writable_file("--json", args.json)
+    writable_file("--json", args.json, args.model, args.text, args.tokenizer, args.profile)
     if args.profile is None and args.model != "smollm2":
+        open_model(args.model, args.tokenizer)  # an unknown or missing model is named first
         raise SystemExit("--profile is required for models other than smollm2 (the INT8 rows need calibrated "
                          "scales): run `shadowattn calibrate MODEL -o profile.json` first")
     runner = runner_for(args.model, args.tokenizer)

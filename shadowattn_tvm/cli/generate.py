@@ -27,30 +27,26 @@ def add_parser(sub) -> None:
     p.add_argument("--selection", choices=("head", "group"), default="head",
                    help="prefill top-k per query head (default, the paper's) or one per KV group")
     p.add_argument("--chunk", type=int, default=256, help="prompt tokens per prefill function (default 256)")
-    p.add_argument("--capacity", type=int, default=2048, help="KV cache rows: prompt + new tokens (default 2048)")
+    p.add_argument("--capacity", type=int, help="KV cache rows: prompt + new tokens (default 2048, or the model's "
+                                                "context length if shorter)")
     p.add_argument("--tokenizer", metavar="FILE", help="tokenizer.json to use instead of the GGUF's own")
     p.add_argument("--quiet", action="store_true", help="print only the generated text")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
-    try:
-        return _run(args)
-    except ValueError as err:  # bad prompt, limits, profile, model or tokenizer: one line naming the fix
-        raise SystemExit(str(err)) from None
-
-
-def _run(args) -> int:
     from ..calibrate.profile import SHIPPED_PROFILE, SparsityProfile, check_keep
     from ..frontend.source import open_model
-    from ..generation import Generator, prompt_ids
+    from ..generation import DEFAULT_CAPACITY, Generator, decoder_source, prompt_ids
     from ..runtime.generation import Sampler
+    from ..tokenizer import check_token_ids
     from ._checks import positive
 
     check_keep(args.keep)
     positive("--max-new-tokens", args.max_new_tokens)
     positive("--chunk", args.chunk)
-    positive("--capacity", args.capacity)
+    if args.capacity is not None:
+        positive("--capacity", args.capacity)
     if not args.prompt:
         raise SystemExit("the prompt is empty: pass --prompt TEXT")
     if args.dense and args.selection != "head":
@@ -61,10 +57,16 @@ def _run(args) -> int:
         profile = SparsityProfile.load(SHIPPED_PROFILE).retarget(args.keep)
     log = None if args.quiet else (lambda line: print(line, file=sys.stderr))
     source = open_model(args.model, args.tokenizer)
+    if profile is not None:
+        profile.check_model(source.fingerprint, lambda line: print(line, file=sys.stderr))
     ids = prompt_ids(source.tokenizer, args.prompt, args.chat)  # the chunks to compile follow the prompt
+    check_token_ids(ids, decoder_source(source).config.vocab)  # before compiling anything
+    if args.capacity is not None and source.max_len is not None and args.capacity > source.max_len:
+        raise SystemExit(f"--capacity {args.capacity} exceeds {source.name}'s context length ({source.max_len}): use "
+                         f"at most {source.max_len}")
     positive("--k-min", args.k_min)
     gen = Generator.open(source, keep=args.keep, profile=profile, k_min=args.k_min, dense=args.dense, chunk=args.chunk,
-                         capacity=args.capacity, prompt_tokens=len(ids), log=log, selection=args.selection)
+                         capacity=args.capacity or DEFAULT_CAPACITY, prompt_tokens=len(ids), log=log, selection=args.selection)
 
     def show(piece):
         sys.stdout.write(piece)

@@ -32,6 +32,9 @@ def run(args) -> int:
     from ..tuning.driver import compare_on_host, tune
     from ..targets import get as get_device
 
+    from ._checks import writable_dir
+
+    writable_dir("-o", args.work_dir)
     try:
         if args.trials < 1:
             raise ValueError("--trials must be >= 1")

@@ -11,8 +11,11 @@ def windows(ids, ctx: int, count: int, bos: int | None) -> list:
     tokens when the model has no BOS)."""
     head = [] if bos is None else [bos]
     step = ctx - len(head)
-    if step < 2 or len(ids) < count * step:
-        raise ValueError(f"text has {len(ids)} tokens, {count} windows of {ctx} need {count * max(step, 2)}: "
+    if step < 2:
+        raise ValueError(f"a window of {ctx} tokens holds {max(step, 0)} text tokens{' after BOS' if head else ''}; "
+                         f"perplexity needs 2: use a context (--ctx, --tokens) of at least {len(head) + 2}")
+    if len(ids) < count * step:
+        raise ValueError(f"text has {len(ids)} tokens, {count} windows of {ctx} need {count * step}: "
                          "use fewer windows, a shorter context or a longer text")
     return [np.asarray(head + list(ids[w * step:(w + 1) * step]), "int32") for w in range(count)]
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._compat import relax, tvm
-from .source import ModelError, ModelSource, open_model
+from ..tokenizer import check_token_ids
+from .source import ModelSource, open_model
 
 
 @dataclass
@@ -64,13 +65,8 @@ class Forward:
     vocab: int
 
     def __call__(self, ids) -> np.ndarray:
-        ids = np.asarray(ids)
-        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab):
-            # the embedding gather does not check its indices: an id past the table reads other memory
-            bad = int(ids.max() if ids.max() >= self.vocab else ids.min())
-            raise ModelError(f"token id {bad} is outside the model's vocabulary of {self.vocab} tokens: the "
-                             "tokenizer does not belong to this model (pass the model's own with --tokenizer)")
-        ids = ids.astype(self.input_dtype).reshape(1, self.seq_len)
+        check_token_ids(ids, self.vocab)
+        ids = np.asarray(ids).astype(self.input_dtype).reshape(1, self.seq_len)
         return self.vm["main"](tvm.runtime.tensor(ids), *self.weights).numpy()[0]
 
 

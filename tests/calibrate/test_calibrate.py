@@ -108,17 +108,17 @@ def test_a_model_without_rewritable_attention_names_why(tmp_path):
 
 def test_token_ids_past_the_models_vocabulary_are_refused(tmp_path):
     from shadowattn_tvm.frontend import RelaxSource
-    from shadowattn_tvm.frontend.source import ModelError
     from shadowattn_tvm.passes import lowering
     from shadowattn_tvm.testing import tiny_models
+    from shadowattn_tvm.tokenizer import TokenizerError
 
     mod, params = _tiny_lm(40, 16, reshaped_weights=False)  # the tokenizer has 263 tokens
     runner = ModelRunner(RelaxSource(mod, params, tokenizer=tiny_models.write_tokenizer_json(tmp_path)))
-    with pytest.raises(ModelError, match="token id 2[0-9]{2} is outside the model's vocabulary of 40 tokens"):
+    with pytest.raises(TokenizerError, match="token id 2[0-9]{2} is outside the model's vocabulary of 40 tokens"):
         calibrate(runner, TEXT, ctx=(16,), progress=False)
     forward = runner.compile(16, lowering())
     assert forward(np.arange(16) + 24).shape == (16, 40)  # ids inside the table run
-    with pytest.raises(ModelError, match="token id -1 is outside"):
+    with pytest.raises(TokenizerError, match="token id -1 is outside"):
         forward(np.arange(16) - 1)
 
 

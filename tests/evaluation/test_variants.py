@@ -62,6 +62,10 @@ def test_windows_and_metrics():
     assert [w[0] for w in wins] == [1, 1, 1] and list(wins[1][1:]) == list(range(17, 24))
     with pytest.raises(ValueError, match="windows"):
         windows(ids, ctx=8, count=9, bos=1)
+    with pytest.raises(ValueError, match=r"holds 1 text tokens after BOS; perplexity needs 2: .* at least 3"):
+        windows(ids, ctx=2, count=1, bos=1)  # the text is long enough: the context is what is short
+    with pytest.raises(ValueError, match=r"holds 1 text tokens; perplexity needs 2: .* at least 2"):
+        windows(ids, ctx=1, count=1, bos=None)
     logits = np.zeros((8, 50), "float32")
     m = Metrics()
     m.add(logits, wins[0], logits)
