@@ -32,8 +32,8 @@ def _blocks_at(runner, ctx: int):
     forward = runner.compile(ctx, hook_pipeline(hook))
     if not hook.blocks:
         reasons = sorted({c.reason for c in hook.report.dense})
-        found = (f"every attention candidate ({len(hook.report.candidates)}) stays dense: {'; '.join(reasons)}" if reasons
-                 else "no softmax·V or R.nn.attention block was found")
+        found = (f"every attention candidate ({len(hook.report.candidates)}) stays dense: {'; '.join(reasons)}"
+                 if reasons else "no softmax·V or R.nn.attention block was found")
         raise ValueError(f"{runner.name} has no attention block the pass set can rewrite, so there is nothing to "
                          f"calibrate: {found}")
     return forward, hook.blocks

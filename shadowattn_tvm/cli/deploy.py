@@ -80,7 +80,6 @@ def run(args) -> int:
     from ..builder.manifest import load as load_manifest
     from ..runtime.deploy import DeployError, Tolerance, deploy
     from ..runtime.rpc_session import RPCUnavailable
-
     from ._checks import non_negative, writable_file
 
     if args.repeat < 1 or args.number < 1:

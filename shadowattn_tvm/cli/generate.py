@@ -66,7 +66,8 @@ def run(args) -> int:
                          f"at most {source.max_len}")
     positive("--k-min", args.k_min)
     gen = Generator.open(source, keep=args.keep, profile=profile, k_min=args.k_min, dense=args.dense, chunk=args.chunk,
-                         capacity=args.capacity or DEFAULT_CAPACITY, prompt_tokens=len(ids), log=log, selection=args.selection)
+                         capacity=args.capacity or DEFAULT_CAPACITY, prompt_tokens=len(ids), log=log,
+                         selection=args.selection)
 
     def show(piece):
         sys.stdout.write(piece)

@@ -31,7 +31,6 @@ def run(args) -> int:
     from ..runtime.rpc_session import Endpoint, RPCUnavailable, check_available, parse_address
     from ..tuning.driver import compare_on_host, tune
     from ..targets import get as get_device
-
     from ._checks import writable_dir
 
     writable_dir("-o", args.work_dir)
