@@ -13,18 +13,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..evaluation.hook import AttentionHook, HookContext, hook_pipeline
-from ..evaluation.perplexity import Metrics, windows
+from ..evaluation.perplexity import Metrics, progress_bar, windows
 from ..evaluation.variants import DenseVariant
 from .importance import allocate_ratios, head_shares
 from .profile import LayerProfile, SparsityProfile, check_keep
-
-
-def _progress(total, enabled, desc):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="run")
 
 
 def _blocks_at(runner, ctx: int):
@@ -63,23 +55,20 @@ def calibrate(runner, text: str, keep: float = 0.2, ctx=(256,), num_windows: int
         if shape not in (None, (layers, heads)):
             raise ValueError(f"the model has {shape} (layers, heads) at one length and {(layers, heads)} at {n}")
         shape = (layers, heads)
-        bar = _progress(1 + layers + layers * heads, progress, f"calibrate ctx {n}")
+        with progress_bar(1 + layers + layers * heads, progress, f"calibrate ctx {n}") as step:
 
-        def loss(variant) -> float:
-            metrics = Metrics()
-            with HookContext(variant):
-                for w in wins:
-                    metrics.add(forward(w), w, None)
-            if bar is not None:
-                bar.update(1)
-            return metrics.nll / metrics.tokens
+            def loss(variant) -> float:
+                metrics = Metrics()
+                with HookContext(variant):
+                    for w in wins:
+                        metrics.add(forward(w), w, None)
+                step()
+                return metrics.nll / metrics.tokens
 
-        base = loss(DenseVariant(blocks, record=stats))
-        layer_imp = np.array([loss(DenseVariant(blocks, zero_layers={j})) - base for j in range(layers)])
-        head_imp = np.array([[loss(DenseVariant(blocks, zero_heads={(j, h)})) - base for h in range(heads)]
-                             for j in range(layers)])
-        if bar is not None:
-            bar.close()
+            base = loss(DenseVariant(blocks, record=stats))
+            layer_imp = np.array([loss(DenseVariant(blocks, zero_layers={j})) - base for j in range(layers)])
+            head_imp = np.array([[loss(DenseVariant(blocks, zero_heads={(j, h)})) - base for h in range(heads)]
+                                 for j in range(layers)])
         share = head_shares(head_imp, layer_imp)
         shares.append(share / share.sum())
     share = np.mean(shares, axis=0)

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from .. import passes
 from ..calibrate.profile import ProfileError, SparsityProfile
 from .hook import AttentionHook, HookContext, hook_pipeline
-from .perplexity import Metrics, windows
+from .perplexity import Metrics, progress_bar, windows
 from .variants import BlockSparseVariant, DenseVariant, Int8DenseVariant
 
 
@@ -61,29 +61,21 @@ def accuracy_table(runner, text: str, profile: SparsityProfile, ctx: int = 512, 
              f"shadowAttn uniform keep {keep}", f"shadowAttn per-head keep {keep}", "shadowAttn per-head keep 0.1",
              f"shadowAttn group keep {keep}"]
     metrics = {name: Metrics() for name in order}
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(wins) * (len(order) + 1), desc=f"eval ctx {ctx}", unit="run")
-    for w in wins:
-        dense_logits = compiled["dense float"](w)
-        metrics["dense float"].add(dense_logits, w, dense_logits)
-        for name in order[1:]:
-            if name in compiled:
-                logits = compiled[name](w)
-            else:
-                with HookContext(hooked_variants[name]):
-                    logits = hooked(w)
-            metrics[name].add(logits, w, dense_logits)
-            if bar is not None:
-                bar.update(1)
-        with HookContext(recall):
-            hooked(w)  # dense through the hook, measuring the INT8 pilot's top-k recall
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+    with progress_bar(len(wins) * (len(order) + 1), progress, f"eval ctx {ctx}") as step:
+        for w in wins:
+            dense_logits = compiled["dense float"](w)
+            metrics["dense float"].add(dense_logits, w, dense_logits)
+            for name in order[1:]:
+                if name in compiled:
+                    logits = compiled[name](w)
+                else:
+                    with HookContext(hooked_variants[name]):
+                        logits = hooked(w)
+                metrics[name].add(logits, w, dense_logits)
+                step()
+            with HookContext(recall):
+                hooked(w)  # dense through the hook, measuring the INT8 pilot's top-k recall
+            step()
     base = metrics["dense float"].perplexity
     rows = []
     for name in order:

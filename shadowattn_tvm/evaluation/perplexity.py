@@ -1,9 +1,24 @@
-"""Perplexity windows and next-token comparison metrics (KL to dense, top-1 agreement)."""
+"""Perplexity windows and next-token comparison metrics (KL to dense, top-1 agreement), and the
+progress bar of the runs that measure them."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, enabled: bool, desc: str):
+    """`step()` advances a tqdm bar (a no-op when not `enabled`); the bar is closed on the way out, an
+    error's included, so the error's message starts on a line of its own."""
+    if not enabled:
+        yield lambda: None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc=desc, unit="run") as bar:
+        yield lambda: bar.update(1)
 
 
 def windows(ids, ctx: int, count: int, bos: int | None) -> list:

@@ -70,3 +70,17 @@ def test_windows_and_metrics():
     m = Metrics()
     m.add(logits, wins[0], logits)
     assert m.perplexity == pytest.approx(50) and m.mean_kl == pytest.approx(0) and m.top1_agreement == 1
+
+
+def test_the_progress_bar_ends_its_line_on_an_error(capsys):
+    from shadowattn_tvm.evaluation.perplexity import progress_bar
+
+    with pytest.raises(RuntimeError):
+        with progress_bar(3, True, "runs") as step:
+            step()
+            raise RuntimeError("a failure mid-run")
+    err = capsys.readouterr().err
+    assert "1/3" in err and err.endswith("\n")  # the error's line is not the bar's
+    with progress_bar(3, False, "runs") as step:
+        step()
+    assert capsys.readouterr().err == ""
