@@ -49,8 +49,11 @@ def generation_spec(source: GGUFSource, chunk: int, capacity: int, chunks: int, 
     if capacity > source.max_len:
         raise GenerationError(f"a KV cache of {capacity} exceeds {source.name}'s context length ({source.max_len})")
     if capacity % chunk or chunk * chunks > capacity:
+        divisor = max(d for d in range(1, chunk + 1) if capacity % d == 0)
+        multiple = max(chunk * chunks, capacity // chunk * chunk)
         raise GenerationError(f"the capacity ({capacity}) must be a multiple of the chunk ({chunk}) and hold "
-                              f"{chunks} chunk(s)")
+                              f"{chunks} chunk(s): pass a --chunk dividing the capacity (e.g. {divisor}) or a "
+                              f"--capacity of {multiple}")
     pad = source.tokenizer.eos_ids and min(source.tokenizer.eos_ids) or 0
     int8 = int8_cache_shape(source.config, capacity) if sparse_from else None
     return GenerationSpec(chunk, chunks, capacity, cache_shape(source.config, capacity), int(pad), int8, sparse_from)

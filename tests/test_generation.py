@@ -117,6 +117,9 @@ def test_chat_template(tmp_path):
     (["--prompt", "hi", "--keep", "0"], "outside (0, 1]"),
     (["--prompt", "hi", "--dense", "--selection", "group"], "drop --dense or --selection"),
     (["--prompt", "the cat " * 40, "--capacity", "32", "--chunk", "8"], "the KV cache holds 32"),
+    (["--prompt", "hi", "--capacity", "256", "--chunk", "7"],
+     "must be a multiple of the chunk (7) and hold 1 chunk(s): pass a --chunk dividing the capacity (e.g. 4) or a "
+     "--capacity of 252"),
 ])
 def test_generate_cli_rejects_bad_input(tiny, argv, message):
     with pytest.raises(SystemExit) as info:
