@@ -7,6 +7,7 @@ every socket has a timeout.
 """
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import time
@@ -19,6 +20,10 @@ _TRACKER = rpc.base.TrackerCode
 
 class RPCUnavailable(RuntimeError):
     """No session could be opened: unreachable address, unknown key, or no free device in time."""
+
+
+class _Unreachable(RPCUnavailable):
+    """Nothing listens at the address (the entry points add what to do about it)."""
 
 
 _LOST_WORDS = ("rpc", "connection", "socket", "broken pipe", "closed", "reset")
@@ -60,21 +65,28 @@ def parse_address(text: str, what: str = "address") -> tuple[str, int]:
     return host, int(port)
 
 
-def _fix(endpoint: Endpoint, fix: str | None) -> str:
-    return fix if fix is not None else TRACKER_FIX if endpoint.via_tracker else SERVER_FIX
+@contextlib.contextmanager
+def _unreachable_fix(endpoint: Endpoint, fix: str | None):
+    """An unreachable endpoint's message gets `fix` (default `TRACKER_FIX` or `SERVER_FIX`; "" none)."""
+    fix = fix if fix is not None else TRACKER_FIX if endpoint.via_tracker else SERVER_FIX
+    try:
+        yield
+    except _Unreachable as err:
+        if not fix:
+            raise
+        raise _Unreachable(f"{err}: {fix}") from None
 
 
-def _connect(host: str, port: int, what: str, timeout: float, fix: str = "") -> socket.socket:
+def _connect(host: str, port: int, what: str, timeout: float) -> socket.socket:
     try:
         return socket.create_connection((host, port), timeout=timeout)
     except OSError as err:
         reason = err.strerror or str(err) or type(err).__name__
-        raise RPCUnavailable(f"cannot reach the {what} at {host}:{port} ({reason.lower()})"
-                             + (f": {fix}" if fix else "")) from None
+        raise _Unreachable(f"cannot reach the {what} at {host}:{port} ({reason.lower()})") from None
 
 
-def _tracker_socket(host: str, port: int, timeout: float, fix: str = "") -> socket.socket:
-    sock = _connect(host, port, "RPC tracker", timeout, fix)
+def _tracker_socket(host: str, port: int, timeout: float) -> socket.socket:
+    sock = _connect(host, port, "RPC tracker", timeout)
     try:
         sock.sendall(struct.pack("<i", rpc.base.RPC_TRACKER_MAGIC))
         magic = struct.unpack("<i", rpc.base.recvall(sock, 4))[0]
@@ -89,11 +101,9 @@ def _tracker_socket(host: str, port: int, timeout: float, fix: str = "") -> sock
     return sock
 
 
-def tracker_summary(host: str, port: int, timeout: float = 5.0, fix: str = "") -> dict:
-    """The tracker's summary: {"server_info": [...], "queue_info": {key: {"free", "pending"}}}.
-
-    fix: appended to the message when the tracker cannot be reached."""
-    with _tracker_socket(host, port, timeout, fix) as sock:
+def tracker_summary(host: str, port: int, timeout: float = 5.0) -> dict:
+    """The tracker's summary: {"server_info": [...], "queue_info": {key: {"free", "pending"}}}."""
+    with _tracker_socket(host, port, timeout) as sock:
         rpc.base.sendjson(sock, [_TRACKER.SUMMARY])
         code, value = rpc.base.recvjson(sock)
     if code != _TRACKER.SUCCESS:
@@ -110,10 +120,10 @@ def registered_keys(summary: dict) -> dict[str, int]:
     return counts
 
 
-def _wait_for_free(endpoint: Endpoint, wait: float, fix: str) -> None:
+def _wait_for_free(endpoint: Endpoint, wait: float) -> None:
     deadline = time.monotonic() + wait
     while True:
-        summary = tracker_summary(endpoint.host, endpoint.port, fix=fix)
+        summary = tracker_summary(endpoint.host, endpoint.port)
         servers = registered_keys(summary).get(endpoint.key, 0)
         free = summary.get("queue_info", {}).get(endpoint.key, {}).get("free", 0)
         if free > 0:
@@ -133,11 +143,11 @@ def check_available(endpoint: Endpoint, *, fix: str | None = None) -> None:
 
     fix: what an unreachable endpoint's message tells the user to do (default `TRACKER_FIX` or
     `SERVER_FIX`; "" for none)."""
-    fix = _fix(endpoint, fix)
-    if not endpoint.via_tracker:
-        _connect(endpoint.host, endpoint.port, "RPC server", 5.0, fix).close()
-        return
-    keys = registered_keys(tracker_summary(endpoint.host, endpoint.port, fix=fix))
+    with _unreachable_fix(endpoint, fix):
+        if not endpoint.via_tracker:
+            _connect(endpoint.host, endpoint.port, "RPC server", timeout=5.0).close()
+            return
+        keys = registered_keys(tracker_summary(endpoint.host, endpoint.port))
     if endpoint.key not in keys:
         raise RPCUnavailable(f"no device with key {endpoint.key!r} is registered at tracker {endpoint.host}:"
                              f"{endpoint.port} (registered keys: {', '.join(sorted(keys)) or 'none'})")
@@ -155,12 +165,13 @@ def open_session(endpoint: Endpoint, *, wait: float = 60.0, session_timeout: flo
     """An `RPCSession` on a device of `endpoint`; RPCUnavailable (one line) when there is none.
 
     fix: as for `check_available`."""
-    fix = _fix(endpoint, fix)
-    if not endpoint.via_tracker:
-        _connect(endpoint.host, endpoint.port, "RPC server", 5.0, fix).close()
-        return _server_session(endpoint.host, endpoint.port, "", session_timeout)
-    _wait_for_free(endpoint, wait, fix)
-    with _tracker_socket(endpoint.host, endpoint.port, max(wait, 5.0), fix) as sock:
+    with _unreachable_fix(endpoint, fix):
+        if not endpoint.via_tracker:
+            _connect(endpoint.host, endpoint.port, "RPC server", timeout=5.0).close()
+            return _server_session(endpoint.host, endpoint.port, "", session_timeout)
+        _wait_for_free(endpoint, wait)
+        sock = _tracker_socket(endpoint.host, endpoint.port, timeout=max(wait, 5.0))
+    with sock:
         try:
             rpc.base.sendjson(sock, [_TRACKER.REQUEST, endpoint.key, "", 1])
             code, value = rpc.base.recvjson(sock)
