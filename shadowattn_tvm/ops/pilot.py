@@ -7,10 +7,11 @@ Causal blocks: only each row's visible prefix (by the block's `CausalMode`, as t
 it) is guaranteed; the causally masked part of a row is partly computed and partly left
 unwritten, i.e. undefined. Top-k never reads it. Without a causal mode every score is written.
 
-Hand-written, already scheduled TIR: a parallel task owns a tile of 4 query rows of one head and
-walks blocks of JV key columns (two int32 vectors of the target, `_isa`: 16 on AVX2, 8 on NEON)
-up to the tile's last visible key; the 4 x JV int32 accumulators stay in registers while d runs,
-each k vector (JV int8 widened) is reused by the 4 rows.
+Hand-written, already scheduled TIR: a task (claimed by a worker, `_tasks`; the last rows first)
+owns a tile of 4 query rows of one head and walks blocks of JV key columns (two int32 vectors of
+the target, `_isa`: 16 on AVX2, 8 on NEON) up to the tile's last visible key; the 4 x JV int32
+accumulators stay in registers while d runs, each k vector (JV int8 widened) is reused by the 4
+rows.
 
 ``out_dtype="int16"`` (CPU lanes only: the NPU graphs and the Hexagon lane produce int32) writes
 s32 >> `score_shift(D)`, which fits int16 for any int8 operands, and halves the bytes top-k reads;
@@ -25,6 +26,7 @@ from ..block import CausalMode, KVMap
 from ._cache import kernel_cache
 from ._isa import current_isa
 from ._shapes import fresh_shape
+from ._tasks import FETCH_ADD_IR, WORKERS, claim
 
 _RI = 4  # query rows per tile
 
@@ -88,18 +90,27 @@ def pilot_scores(block, q_shape, kv_len, out_dtype: str = "int32", isa=None):
         K8T = T.match_buffer(k_h, (B, kv_heads, D, SKV), "int8")
         OUT = T.match_buffer(o_h, (B, H, SQ, SKV), out_dtype)
         NT = T.Bind((SQ + RI - 1) // RI)
-        for task in T.parallel(B * H * NT):
-            b = T.Bind(task // (H * NT))
-            h = T.Bind(task // NT % H)
-            i0 = T.Bind(task % NT * RI)
-            hk = T.Bind(kvh(h))
-            # keys visible to the tile's last row (rows see nested prefixes)
-            last = T.Bind(T.min(i0 + RI, SQ) - 1)
-            lim = T.Bind(T.max(T.min(SKV, last + 1 + bottom_right * (SKV - SQ) + no_causal * SKV), T.int64(0)))
-            if i0 + RI <= SQ:
-                rows_tile(Q8, K8T, OUT, b, h, hk, i0, RI, lim, SKV, D)
-            else:
-                for r in range(SQ - i0):
-                    rows_tile(Q8, K8T, OUT, b, h, hk, i0 + r, 1, lim, SKV, D)
+        NTASK = T.Bind(B * H * NT)
+        CNT = T.alloc_buffer((1,), "int64", scope="global")
+        CNT[0] = T.int64(0)
+        with T.attr(0, "pragma_import_llvm", FETCH_ADD_IR):
+            for worker in T.parallel(WORKERS):
+                tk = T.alloc_buffer((1,), "int64", scope="global")
+                tk[0] = claim(CNT)
+                while tk[0] < NTASK:
+                    task = T.Bind(tk[0])
+                    b = T.Bind(task // (H * NT))
+                    h = T.Bind(task // NT % H)
+                    i0 = T.Bind((NT - 1 - task % NT) * RI)  # the last (longest) rows first
+                    hk = T.Bind(kvh(h))
+                    # keys visible to the tile's last row (rows see nested prefixes)
+                    last = T.Bind(T.min(i0 + RI, SQ) - 1)
+                    lim = T.Bind(T.max(T.min(SKV, last + 1 + bottom_right * (SKV - SQ) + no_causal * SKV), T.int64(0)))
+                    if i0 + RI <= SQ:
+                        rows_tile(Q8, K8T, OUT, b, h, hk, i0, RI, lim, SKV, D)
+                    else:
+                        for r in range(SQ - i0):
+                            rows_tile(Q8, K8T, OUT, b, h, hk, i0 + r, 1, lim, SKV, D)
+                    tk[0] = claim(CNT)
 
     return pilot.without_attr("global_symbol")

@@ -26,10 +26,11 @@ from .._compat import EXACT_BUFFERS, T, tirx
 from ..block import MASKED_BELOW, CausalMode, KVMap
 from ._cache import kernel_cache
 from ._isa import bcast, current_isa, prefetch, vec, vmax_all, vsum_all
+from ._tasks import FETCH_ADD_IR, WORKERS, claim
 from .pilot import score_shift
 from .topk import INT32_MIN, float_key, keep_budget, row_selector
 
-_ROWS = 16  # (KV head, query row) pairs per parallel task
+_ROWS = 16  # (KV head, query row) pairs per claimed task
 
 
 @kernel_cache
@@ -106,60 +107,69 @@ def topk_group_indices(block, k_min: int, mask_shape=None, isa=None, score_dtype
         B, SQ, SKV, KMAX = S.shape[0], S.shape[2], S.shape[3], IDX.shape[3]
         LUT = T.alloc_buffer((1 << CW, CW + 1), "int32", scope="global")
         build_lut(LUT)
-        for blk in T.parallel((B * kv_heads * SQ + _ROWS - 1) // _ROWS):
-            st = T.alloc_buffer((8,), "int64", scope="global")
-            iv = T.alloc_buffer((2 * W,), "int32", scope="global")
-            ik = T.alloc_buffer((2 * WK,), "int32", scope="global")
-            fv = T.alloc_buffer((8 * WK,), f32, scope="global")
-            fm = T.alloc_buffer((W,), f32, scope="global")
-            gv = T.alloc_buffer((W,), f32, scope="global")
-            cnt = T.alloc_buffer((1,), "int32", scope="global")
-            HM = T.alloc_buffer((group,), "int32", scope="global")
-            HF = T.alloc_buffer((group,), f32, scope="global")
-            DQ = T.alloc_buffer((group,), f32, scope="global")
-            CB = T.alloc_buffer((SKV + CW,), "int32", scope="global")
-            KR = T.alloc_buffer((SKV + W,), "int32", scope="global")
-            for r in range(T.min(T.int64(_ROWS), B * kv_heads * SQ - blk * _ROWS)):
-                row = T.Bind(blk * _ROWS + r)
-                b = T.Bind(row // (kv_heads * SQ))
-                hk = T.Bind(row // SQ % kv_heads)
-                i = T.Bind(row % SQ)
-                lim = T.Bind(T.max(T.min(SKV, i + 1 + bottom_right * (SKV - SQ) + no_causal * SKV), T.int64(0)))
-                OUT = T.decl_buffer((KMAX,), "int32", data=IDX.data, elem_offset=row * KMAX, align=4, offset_factor=1)
-                direct = T.Bind((r + 1) * KMAX + CW <= T.min(T.int64(_ROWS), B * kv_heads * SQ - blk * _ROWS) * KMAX)
-                OUTW = T.decl_buffer((KMAX + CW,), "int32", data=IDX.data, elem_offset=row * KMAX, align=4, offset_factor=1)
-                if keeps_every_key(RATIO, hk, SKV, KMAX, lim):
-                    select_row(KR, None, lim, lim, lim, LUT, CB, OUTW, OUT, direct, st, ik, fv, cnt)
-                else:
-                    for jh in range(group):
-                        DQ[jh] = QS[head(hk, jh)] * KS[hk] * T.float32(scale)
-                        head_max(S, MASK, HM, HF, DQ, b, head(hk, jh), jh, i, lim, iv, fm)
-                    # the group rank of every visible key, and how many are selectable; the next row's
-                    # scores (and masks) stream from DRAM into L2 meanwhile
-                    inext = T.Bind(T.min(i + 1, SQ - 1))
-                    iv[T.Ramp(0, 1, W)] = bcast(T.int32(0), W)
-                    for c in range(lim // W):
-                        gv[T.Ramp(0, 1, W)] = bcast(neg_inf, W)
-                        for jh in range(group):
-                            gap = T.Bind(logit_gap(S, MASK, HM, HF, DQ, b, head(hk, jh), jh, i, c * W, W))
-                            gv[T.Ramp(0, 1, W)] = T.max(gv[T.Ramp(0, 1, W)], gap)
-                            T.evaluate(prefetch(T.address_of(S[b, head(hk, jh), inext, c * W])))
-                            if has_mask:
-                                T.evaluate(prefetch(T.address_of(MASK[zero64 if mask_b1 else b, zero64 if mask_h1 else head(hk, jh), inext, c * W])))
-                        key = T.Bind(group_key(gv[T.Ramp(0, 1, W)]))
-                        KR[T.Ramp(c * W, 1, W)] = key
-                        iv[T.Ramp(0, 1, W)] = iv[T.Ramp(0, 1, W)] + T.Select(key != bcast(T.int32(INT32_MIN), W), bcast(T.int32(1), W), bcast(T.int32(0), W))
-                    cnt[0] = vsum_all(iv[T.Ramp(0, 1, W)], W)
-                    for j in range(lim // W * W, lim):
-                        gv[0] = neg_inf
-                        for jh in range(group):
-                            gap1 = T.Bind(logit_gap(S, MASK, HM, HF, DQ, b, head(hk, jh), jh, i, j, 1))
-                            gv[0] = T.max(gv[0], gap1)
-                        KR[j] = group_key(gv[0])
-                        cnt[0] = cnt[0] + T.Cast("int32", KR[j] != T.int32(INT32_MIN))
-                    nval = T.Bind(T.Cast("int64", cnt[0]))
-                    select_row(KR, None, lim, T.min(keep_budget(RATIO[hk], SKV, KMAX, k_min), nval), nval, LUT, CB, OUTW, OUT, direct, st, ik,
-                               fv, cnt)
+        NBLK = T.Bind((B * kv_heads * SQ + _ROWS - 1) // _ROWS)
+        CNT = T.alloc_buffer((1,), "int64", scope="global")
+        CNT[0] = T.int64(0)
+        with T.attr(0, "pragma_import_llvm", FETCH_ADD_IR):
+            for worker in T.parallel(WORKERS):
+                st = T.alloc_buffer((8,), "int64", scope="global")
+                iv = T.alloc_buffer((2 * W,), "int32", scope="global")
+                ik = T.alloc_buffer((2 * WK,), "int32", scope="global")
+                fv = T.alloc_buffer((8 * WK,), f32, scope="global")
+                fm = T.alloc_buffer((W,), f32, scope="global")
+                gv = T.alloc_buffer((W,), f32, scope="global")
+                cnt = T.alloc_buffer((1,), "int32", scope="global")
+                HM = T.alloc_buffer((group,), "int32", scope="global")
+                HF = T.alloc_buffer((group,), f32, scope="global")
+                DQ = T.alloc_buffer((group,), f32, scope="global")
+                CB = T.alloc_buffer((SKV + CW,), "int32", scope="global")
+                KR = T.alloc_buffer((SKV + W,), "int32", scope="global")
+                tk = T.alloc_buffer((1,), "int64", scope="global")
+                tk[0] = claim(CNT)
+                while tk[0] < NBLK:
+                    blk = T.Bind(tk[0])
+                    for r in range(T.min(T.int64(_ROWS), B * kv_heads * SQ - blk * _ROWS)):
+                        row = T.Bind(blk * _ROWS + r)
+                        b = T.Bind(row // (kv_heads * SQ))
+                        hk = T.Bind(row // SQ % kv_heads)
+                        i = T.Bind(row % SQ)
+                        lim = T.Bind(T.max(T.min(SKV, i + 1 + bottom_right * (SKV - SQ) + no_causal * SKV), T.int64(0)))
+                        OUT = T.decl_buffer((KMAX,), "int32", data=IDX.data, elem_offset=row * KMAX, align=4, offset_factor=1)
+                        direct = T.Bind((r + 1) * KMAX + CW <= T.min(T.int64(_ROWS), B * kv_heads * SQ - blk * _ROWS) * KMAX)
+                        OUTW = T.decl_buffer((KMAX + CW,), "int32", data=IDX.data, elem_offset=row * KMAX, align=4, offset_factor=1)
+                        if keeps_every_key(RATIO, hk, SKV, KMAX, lim):
+                            select_row(KR, None, lim, lim, lim, LUT, CB, OUTW, OUT, direct, st, ik, fv, cnt)
+                        else:
+                            for jh in range(group):
+                                DQ[jh] = QS[head(hk, jh)] * KS[hk] * T.float32(scale)
+                                head_max(S, MASK, HM, HF, DQ, b, head(hk, jh), jh, i, lim, iv, fm)
+                            # the group rank of every visible key, and how many are selectable; the next row's
+                            # scores (and masks) stream from DRAM into L2 meanwhile
+                            inext = T.Bind(T.min(i + 1, SQ - 1))
+                            iv[T.Ramp(0, 1, W)] = bcast(T.int32(0), W)
+                            for c in range(lim // W):
+                                gv[T.Ramp(0, 1, W)] = bcast(neg_inf, W)
+                                for jh in range(group):
+                                    gap = T.Bind(logit_gap(S, MASK, HM, HF, DQ, b, head(hk, jh), jh, i, c * W, W))
+                                    gv[T.Ramp(0, 1, W)] = T.max(gv[T.Ramp(0, 1, W)], gap)
+                                    T.evaluate(prefetch(T.address_of(S[b, head(hk, jh), inext, c * W])))
+                                    if has_mask:
+                                        T.evaluate(prefetch(T.address_of(MASK[zero64 if mask_b1 else b, zero64 if mask_h1 else head(hk, jh), inext, c * W])))
+                                key = T.Bind(group_key(gv[T.Ramp(0, 1, W)]))
+                                KR[T.Ramp(c * W, 1, W)] = key
+                                iv[T.Ramp(0, 1, W)] = iv[T.Ramp(0, 1, W)] + T.Select(key != bcast(T.int32(INT32_MIN), W), bcast(T.int32(1), W), bcast(T.int32(0), W))
+                            cnt[0] = vsum_all(iv[T.Ramp(0, 1, W)], W)
+                            for j in range(lim // W * W, lim):
+                                gv[0] = neg_inf
+                                for jh in range(group):
+                                    gap1 = T.Bind(logit_gap(S, MASK, HM, HF, DQ, b, head(hk, jh), jh, i, j, 1))
+                                    gv[0] = T.max(gv[0], gap1)
+                                KR[j] = group_key(gv[0])
+                                cnt[0] = cnt[0] + T.Cast("int32", KR[j] != T.int32(INT32_MIN))
+                            nval = T.Bind(T.Cast("int64", cnt[0]))
+                            select_row(KR, None, lim, T.min(keep_budget(RATIO[hk], SKV, KMAX, k_min), nval), nval, LUT, CB, OUTW, OUT, direct, st, ik,
+                                       fv, cnt)
+                    tk[0] = claim(CNT)
 
     if has_mask:
 
