@@ -267,7 +267,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, nargs="+", default=[512, 2048], help="prefill lengths")
     parser.add_argument("--keep", type=float, default=0.2, help="shadowAttn keep ratio")
-    parser.add_argument("--repeat", type=int, default=3, help="timed runs per engine (after one warm-up)")
+    parser.add_argument("--repeat", type=int, default=5, help="timed runs per engine after one warm-up, their "
+                        "median in the table (with 3, one slow run on a shared VM could move it by 20 %%)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
     parser.add_argument("--cpu-time", action="store_true", help="also time one-thread engines by thread CPU time")
     parser.add_argument("--cpu-time-child", action="store_true", help=argparse.SUPPRESS)
