@@ -16,15 +16,16 @@ TVM 0.27's CPU code generator has no atomic add (``tirx.atomic_add`` is CUDA-onl
 counter's fetch-and-add is a few lines of LLVM IR (`FETCH_ADD_IR`, one ``atomicrmw``) that the
 LLVM code generator links into the module (the ``pragma_import_llvm`` attribute; ``linkonce_odr``,
 so every kernel of a module may import it) and inlines; any LLVM target has the instruction
-(``lock xadd`` on x86-64, ``ldaddal`` or an exclusive-load loop on aarch64). Each worker claims
-more tasks than there are threads would split statically, so WORKERS only needs to exceed the
-largest thread pool: workers beyond the threads' count find the counter exhausted and return.
+(``lock xadd`` on x86-64, ``ldaddal`` or an exclusive-load loop on aarch64). The pool still splits
+the WORKERS workers statically, but the first worker on each thread claims tasks until none are
+left and the others then find the counter exhausted, so WORKERS only needs to be at least the
+largest thread pool.
 """
 from __future__ import annotations
 
 from .._compat import T
 
-WORKERS = 64  # more than any CPU's thread pool; idle workers claim once and return
+WORKERS = 64  # at least any CPU's thread pool; idle workers claim once and return
 
 FETCH_ADD_IR = """
 define linkonce_odr i64 @sat_fetch_add(ptr %counter, i64 %n) alwaysinline {
